@@ -1,0 +1,56 @@
+"""The interface every SSL method implements, so one engine trains them all."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from ssl_models.augment import ViewAugment
+from ssl_models.backbones import Encoder
+
+
+@dataclass
+class SSLOutput:
+    """What a training step returns: the loss and (optionally) embeddings to watch for collapse."""
+
+    loss: Tensor
+    embedding: Tensor | None = None
+
+
+class SSLMethod(nn.Module):
+    """Backbone (inside ``encoder``) + heads + loss.
+
+    Subclasses set ``name``, build their heads in ``__init__`` and implement ``forward``. They may
+    override ``views`` (how many views, which augmentation) and ``on_step_end`` (momentum updates,
+    queues, schedules), which the engine calls after every optimizer step.
+
+    Args:
+        encoder: normalization + backbone; its weights are what pretraining produces.
+        augment: the view generator.
+    """
+
+    name: ClassVar[str] = ""
+
+    def __init__(self, encoder: Encoder, augment: ViewAugment | None = None) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.augment = augment or ViewAugment()
+
+    def views(self, images: Tensor, generator: torch.Generator | None = None) -> list[Tensor]:
+        """Two random views of each image: (N, C, H, W) uint8 -> [(N, C, H', W')] * 2 float."""
+        return [self.augment(images, generator), self.augment(images, generator)]
+
+    def forward(self, views: list[Tensor]) -> SSLOutput:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def on_epoch_start(self, epoch: int, images: Tensor) -> None:
+        """Called before each epoch with the whole (N, C, H, W) uint8 training pool (e.g. to
+        compute DeepCluster's pseudo-labels); default: nothing."""
+
+    @torch.no_grad()
+    def on_step_end(self, step: int, total_steps: int) -> None:
+        """Called after each optimizer step; default: nothing."""

@@ -1,0 +1,244 @@
+"""The pipeline's parameters: ``params.yaml`` -> typed, validated models, one per stage.
+
+Every model forbids unknown keys, so a misspelt key is an error that names it and the file.
+``--set section.key=value`` overrides are applied to the raw YAML before validation.
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ParamsError(ValueError):
+    """Bad parameters: the message names the file and the key and says what is expected."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------------------- ingest
+class ImageFolderParams(Section):
+    train_dir: str | None = None  # root/<class>/*.png|jpg: labeled train images
+    test_dir: str | None = None  # root/<class>/*.png|jpg: held-out test images
+    unlabeled_dir: str | None = None  # any tree of images: added to the unlabeled train pool
+    classes: list[str] | None = None  # label order; default: sorted folder names
+    image_size: int = Field(32, ge=8, le=512)  # images are resized to this square side
+    channels: Literal[1, 3] = 3
+    test_fraction: float = Field(0.2, gt=0, lt=1)  # carved (stratified) from train_dir without test_dir
+
+
+class IngestParams(Section):
+    source: Literal["fashion_mnist", "image_folder"] = "fashion_mnist"
+    fashion_mnist_dir: str = "/usr/share/datasets/fashion-mnist"  # Debian package dataset-fashion-mnist
+    download: bool = False  # download Fashion-MNIST with torchvision if files are missing (needs internet)
+    image_folder: ImageFolderParams = ImageFolderParams()
+    limit_train: int | None = Field(None, ge=10)  # keep a stratified sample of this many train images
+    limit_test: int | None = Field(None, ge=10)
+    seed: int = 0
+
+
+# ------------------------------------------------------------------------------------- validate
+class ValidateParams(Section):
+    # each class's share of the labeled train images must be within (1 +- tolerance) / num_classes
+    class_balance_tolerance: float = Field(0.5, ge=0)
+    min_images_per_class: int = Field(1, ge=1)
+    max_examples: int = Field(5, ge=1)  # failing rows shown per check
+
+
+# ------------------------------------------------------------------------------------- pretrain
+class AugmentParams(Section):
+    crop_scale: tuple[float, float] = (0.2, 1.0)
+    flip_p: float = Field(0.5, ge=0, le=1)
+    jitter_strength: float = Field(0.5, ge=0)
+    jitter_p: float = Field(0.8, ge=0, le=1)
+    grayscale_p: float = Field(0.2, ge=0, le=1)
+    blur_p: float = Field(0.0, ge=0, le=1)
+    solarize_p: float = Field(0.0, ge=0, le=1)
+
+
+class PretrainParams(Section):
+    method: str = "simclr"
+    method_args: dict[str, Any] = {}  # keyword arguments of the method (e.g. temperature)
+    backbone: str = "small_cnn"  # small_cnn (CPU), resnet18 (GPU), or another of ssl_models.backbones
+    width: int = Field(32, ge=4)  # small_cnn first-stage channels
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(256, ge=2)
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(0.3, gt=0)  # for batch 256, scaled linearly
+    weight_decay: float = Field(5e-4, ge=0)
+    warmup_epochs: float = Field(0.5, ge=0)
+    grad_clip: float | None = None
+    images_per_epoch: int | None = Field(None, ge=2)
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    channels_last: bool | None = None
+    compile: bool = False
+    device: str = "auto"
+    checkpoint_every: int = Field(100, ge=1)
+    knn_monitor_images: int = Field(5000, ge=0)  # per-epoch online kNN on this many train/test images (0: off)
+    augment: AugmentParams = AugmentParams()
+    seed: int = 0
+
+    @field_validator("backbone")
+    @classmethod
+    def _known_backbone(cls, v: str) -> str:
+        from ssl_models.backbones import BACKBONES
+
+        if v not in BACKBONES:
+            raise ValueError(f"unknown backbone {v!r}; choose one of {', '.join(BACKBONES)}")
+        return v
+
+    @model_validator(mode="after")
+    def _known_method(self) -> "PretrainParams":
+        from ssl_models.methods import METHODS
+
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(sorted(METHODS))}")
+        accepted = set(inspect.signature(METHODS[self.method].__init__).parameters) - {"self", "encoder", "augment"}
+        unknown = sorted(set(self.method_args) - accepted)
+        if unknown:
+            raise ValueError(
+                f"method_args {unknown} are not arguments of {self.method}; it takes {', '.join(sorted(accepted))}"
+            )
+        return self
+
+
+# ----------------------------------------------------------------------------------------- tune
+class SearchSpace(Section):
+    lr: tuple[float, float] = (1e-4, 3e-3)  # log-uniform
+    weight_decay: tuple[float, float] = (1e-6, 1e-2)  # log-uniform
+    epochs: list[int] = [10, 20]
+    freeze_encoder: list[bool] = [False, True]
+
+
+class TuneParams(Section):
+    label_fraction: float = Field(0.1, gt=0, le=1)  # the labeled subset searched on
+    val_fraction: float = Field(0.2, gt=0, lt=1)  # of those labels, held out to score trials
+    num_samples: int = Field(8, ge=1)  # trials per arm (fine-tune and supervised baseline)
+    max_concurrent_trials: int = Field(2, ge=1)
+    cpus_per_trial: float = Field(1, gt=0)
+    gpus_per_trial: float = Field(0, ge=0)
+    grace_period: int = Field(2, ge=1)  # ASHA: epochs before a trial can be stopped
+    reduction_factor: int = Field(2, ge=2)
+    search_space: SearchSpace = SearchSpace()
+    batch_size: int = Field(128, ge=2)
+    seed: int = 0
+
+
+# ------------------------------------------------------------------------------------- finetune
+class FinetuneParams(Section):
+    label_fractions: list[float] = [0.01, 0.1]
+    batch_size: int = Field(128, ge=2)
+    min_steps: int = Field(200, ge=1)  # the same for both arms: tiny label sets still get trained
+    seed: int = 0
+
+    @field_validator("label_fractions")
+    @classmethod
+    def _fractions(cls, v: list[float]) -> list[float]:
+        if not v or any(not 0 < f <= 1 for f in v):
+            raise ValueError("label_fractions must be a non-empty list of numbers in (0, 1]")
+        return sorted(set(v))
+
+
+# ------------------------------------------------------------------------------------- evaluate
+class EvaluateParams(Section):
+    knn_k: int = Field(20, ge=1)
+    knn_temperature: float = Field(0.07, gt=0)
+    linear_l2: float = Field(1e-4, ge=0)
+    embedding_plot_images: int = Field(2000, ge=0)
+
+
+# ------------------------------------------------------------------------------------- register
+class RegisterParams(Section):
+    model_name: str = "sslpipe-classifier"
+    metric: str = "model_top1"  # a key of reports/metrics.json; higher is better
+    min_improvement: float = Field(0.0, ge=0)  # over the champion's metric to take the alias
+
+
+class Params(Section):
+    ingest: IngestParams = IngestParams()
+    validate_: ValidateParams = Field(ValidateParams(), alias="validate")
+    pretrain: PretrainParams = PretrainParams()
+    tune: TuneParams = TuneParams()
+    finetune: FinetuneParams = FinetuneParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    register_: RegisterParams = Field(RegisterParams(), alias="register")
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True)
+
+
+STAGES = ("ingest", "validate", "pretrain", "tune", "finetune", "evaluate", "register")
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``section.key=value`` -> (["section", "key"], value parsed as YAML)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ParamsError(f"override {text!r}: expected section.key=value")
+    return key.strip().split("."), yaml.safe_load(value) if value.strip() else None
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str], source: str) -> dict[str, Any]:
+    """Set each ``section.key=value`` in a copy of ``raw``; unknown keys are caught by validation."""
+    out = yaml.safe_load(yaml.safe_dump(raw))  # deep copy
+    for text in overrides:
+        path, value = parse_override(text)
+        node = out
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ParamsError(f"{source}: override {text!r}: {part} is not a section")
+            node = child
+        node[path[-1]] = value
+    return out
+
+
+def _format_error(e: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid parameters"]
+    for err in e.errors():
+        key = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            lines.append(f"  - {key}: unknown key (misspelt? see params.yaml for the known keys)")
+        elif err["type"] == "value_error":
+            lines.append(f"  - {key}: {err['msg'].removeprefix('Value error, ')}")
+        else:
+            lines.append(f"  - {key}: {err['msg']} (got {err.get('input')!r})")
+    return "\n".join(lines)
+
+
+def read_raw(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path}: params file not found (run from the project root, or pass --params FILE)")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ParamsError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: expected a mapping of sections at the top level")
+    return raw
+
+
+def validate_raw(raw: dict[str, Any], source: str) -> Params:
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as e:
+        raise ParamsError(_format_error(e, source)) from None
+
+
+def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = None) -> Params:
+    """Read, override and validate a params file.
+
+    Raises:
+        ParamsError: naming the file and each bad key.
+    """
+    raw = apply_overrides(read_raw(path), overrides or [], str(path))
+    return validate_raw(raw, str(path))

@@ -1,0 +1,89 @@
+"""The dataset on disk, as the stages after ingest read it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from tasks import paths
+from tasks.io import read_json
+
+
+class DatasetError(RuntimeError):
+    """The dataset is missing or was not validated."""
+
+
+@dataclass
+class Dataset:
+    """``images`` (N, C, H, W) uint8 (memory-mapped), ``meta`` one row per image (id, index,
+    split, label with -1 for unlabeled, sha1, source), ``classes`` the label names."""
+
+    images: np.ndarray
+    meta: pd.DataFrame
+    classes: list[str]
+    version: str
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(images uint8 (n, C, H, W), labels int64 (n,), -1 where unlabeled) of one split."""
+        rows = self.meta[self.meta["split"] == name]
+        return self.take(rows["index"].to_numpy())
+
+    def take(self, index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        labels = self.meta.set_index("index").loc[index, "label"].fillna(-1).to_numpy(dtype=np.int64)
+        return torch.from_numpy(np.ascontiguousarray(self.images[index])), torch.from_numpy(labels)
+
+    def labeled_subset(self, fraction: float, seed: int) -> np.ndarray:
+        """Image indices of a stratified, seeded ``fraction`` of the labeled train images (at least
+        one per class). Subsets are nested: a smaller fraction's images are in a larger one's."""
+        train = self.meta[(self.meta["split"] == "train") & self.meta["label"].notna()]
+        rng = np.random.default_rng(seed)
+        chosen = []
+        for _, group in train.groupby("label", sort=True):
+            order = group["index"].to_numpy()[rng.permutation(len(group))]
+            chosen.append(order[: max(1, round(fraction * len(group)))])
+        return np.sort(np.concatenate(chosen))
+
+    def stratified_split(self, index: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """Split ``index`` into (rest, held-out ``fraction``), stratified by label, at least one held out per class."""
+        labels = self.meta.set_index("index").loc[index, "label"].to_numpy()
+        rng = np.random.default_rng(seed + 1)
+        held = []
+        for label in np.unique(labels):
+            members = index[labels == label]
+            members = members[rng.permutation(len(members))]
+            if len(members) > 1:
+                held.append(members[: max(1, round(fraction * len(members)))])
+        held_out = np.sort(np.concatenate(held)) if held else np.array([], dtype=index.dtype)
+        return np.setdiff1d(index, held_out), held_out
+
+
+def load_dataset(directory: Path = paths.DATASET_DIR, require_validation: bool = True) -> Dataset:
+    """Open the dataset written by ingest.
+
+    Args:
+        require_validation: refuse unless ``reports/validation.json`` says it passed, so that no
+            stage after validate ever trains on data that failed validation.
+    """
+    if not (directory / "images.npy").exists():
+        raise DatasetError(f"{directory}: no dataset; run `sslpipe stage ingest` (or `dvc repro ingest`) first")
+    info = read_json(directory / "info.json")
+    if require_validation:
+        if not paths.VALIDATION.exists():
+            raise DatasetError(f"{paths.VALIDATION}: missing; run `sslpipe stage validate` first")
+        report = read_json(paths.VALIDATION)
+        if not report.get("passed") or report.get("data_version") != info["version"]:
+            raise DatasetError(
+                f"{paths.VALIDATION}: the dataset (version {info['version']}) has not passed validation; "
+                f"see {paths.VALIDATION_SUMMARY} and fix the data"
+            )
+    images = np.load(directory / "images.npy", mmap_mode="r")
+    meta = pd.read_parquet(directory / "metadata.parquet")
+    return Dataset(images, meta, list(info["classes"]), info["version"])

@@ -1,0 +1,97 @@
+"""Stage 6 -- evaluate, on the held-out test split: kNN top-1 (k=20, cosine) and linear-probe
+top-1 on frozen SSL features, with raw pixels and a random-init encoder as references; fine-tuned
+and supervised-baseline top-1 per label fraction; per-class accuracy; plots."""
+
+from __future__ import annotations
+
+import csv
+import io
+from typing import Any
+
+import numpy as np
+import torch
+
+from ssl_models.classifier import predict_logits
+from ssl_models.evaluation import extract_features, knn_top1, linear_probe
+from tasks import paths, plots
+from tasks.config import EvaluateParams, FinetuneParams
+from tasks.dataset import load_dataset
+from tasks.io import write_json, write_text
+from tasks.models import build_encoder, load_classifier, load_encoder
+from tasks.tune import ARMS
+
+
+def _confusion(y_true: np.ndarray, y_pred: np.ndarray, k: int) -> np.ndarray:
+    return np.bincount(y_true * k + y_pred, minlength=k * k).reshape(k, k)
+
+
+def evaluate(cfg: EvaluateParams, finetune_cfg: FinetuneParams, log_mlflow: bool = True) -> dict[str, Any]:
+    """Compute every metric, write ``reports/metrics.json`` and ``reports/plots/``."""
+    data = load_dataset()
+    x_train, y_train = data.split("train")
+    labeled = y_train >= 0
+    x_bank, y_bank = x_train[labeled], y_train[labeled]
+    x_test, y_test = data.split("test")
+    k = data.num_classes
+
+    def knn(bank: torch.Tensor, test: torch.Tensor) -> float:
+        return knn_top1(bank, y_bank, test, y_test, k, cfg.knn_k, cfg.knn_temperature)
+
+    encoder, blob = load_encoder(paths.ENCODER)
+    f_bank, f_test = extract_features(encoder, x_bank), extract_features(encoder, x_test)
+    torch.manual_seed(0)
+    random_encoder = build_encoder(blob["spec"])
+    metrics: dict[str, Any] = {
+        "knn_top1": knn(f_bank, f_test),
+        "linear_top1": float((linear_probe(f_bank, y_bank, f_test, k, cfg.linear_l2)[0] == y_test).float().mean()),
+        "knn_top1_raw_pixels": knn(x_bank.flatten(1).float(), x_test.flatten(1).float()),
+        "knn_top1_random_init": knn(extract_features(random_encoder, x_bank), extract_features(random_encoder, x_test)),
+        "num_test": len(y_test),
+    }
+    fractions: dict[str, Any] = {}
+    predictions: dict[str, np.ndarray] = {}
+    for fraction in finetune_cfg.label_fractions:
+        entry: dict[str, Any] = {"num_labels": len(data.labeled_subset(fraction, finetune_cfg.seed))}
+        for arm in ARMS:
+            model, _ = load_classifier(paths.classifier_path(arm, fraction))
+            pred = predict_logits(model, x_test).argmax(1).numpy()
+            predictions[f"{arm}_{fraction:g}"] = pred
+            entry[f"{'finetune' if arm == 'finetune' else 'supervised'}_top1"] = float((pred == y_test.numpy()).mean())
+        fractions[f"{fraction:g}"] = entry
+    metrics["fractions"] = fractions
+    largest = f"{max(finetune_cfg.label_fractions):g}"
+    metrics["model_top1"] = fractions[largest]["finetune_top1"]  # the model that gets registered
+
+    pred = predictions[f"finetune_{largest}"]
+    cm = _confusion(y_test.numpy(), pred, k)
+    metrics["per_class_top1"] = {name: float(cm[i, i] / max(cm[i].sum(), 1)) for i, name in enumerate(data.classes)}
+    write_json(paths.METRICS, metrics)
+
+    # plots: a CSV DVC can render (`dvc plots show`), PNGs for people and MLflow
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["actual", "predicted"])
+    writer.writerows(zip((data.classes[i] for i in y_test.tolist()), (data.classes[i] for i in pred.tolist())))
+    write_text(paths.PLOTS / "confusion.csv", buf.getvalue())
+    cm_fig = plots.confusion_matrix_figure(cm, data.classes, f"fine-tuned, {largest} of labels: top-1 {metrics['model_top1']:.3f}")
+    n_emb = min(cfg.embedding_plot_images, len(y_test))
+    emb_fig = plots.embedding_figure(f_test[:n_emb], y_test[:n_emb].numpy(), data.classes, "SSL features of test images (PCA)")
+    if log_mlflow:
+        import mlflow
+
+        mlflow.log_metrics(flat_metrics(metrics))
+        mlflow.log_figure(cm_fig, "plots/confusion_matrix.png")
+        mlflow.log_figure(emb_fig, "plots/embeddings_pca.png")
+        mlflow.log_dict(metrics, "metrics.json")
+    plots.save(cm_fig, paths.PLOTS / "confusion_matrix.png")
+    plots.save(emb_fig, paths.PLOTS / "embeddings_pca.png")
+    return metrics
+
+
+def flat_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """metrics.json -> MLflow metric names: ``knn_top1``, ``frac_0.01/finetune_top1``, ``class/Coat``."""
+    out = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+    for fraction, entry in metrics.get("fractions", {}).items():
+        out.update({f"frac_{fraction}/{k}": float(v) for k, v in entry.items()})
+    out.update({f"class/{name.replace('/', '-')}": v for name, v in metrics.get("per_class_top1", {}).items()})
+    return out

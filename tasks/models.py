@@ -1,0 +1,47 @@
+"""Model files: an encoder or classifier saved as its architecture + state dict (loaded with
+``weights_only=True``; no pickled code)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ssl_models import checkpoint
+from ssl_models.backbones import Encoder, build_backbone
+from ssl_models.classifier import Classifier
+
+
+def encoder_spec(backbone: str, in_channels: int, width: int, mean: list[float], std: list[float]) -> dict[str, Any]:
+    return {"backbone": backbone, "in_channels": in_channels, "width": width, "mean": mean, "std": std}
+
+
+def build_encoder(spec: dict[str, Any]) -> Encoder:
+    return Encoder(build_backbone(spec["backbone"], spec["in_channels"], spec["width"]), spec["mean"], spec["std"])
+
+
+def save_encoder(encoder: Encoder, spec: dict[str, Any], path: Path, extra: dict[str, Any] | None = None) -> None:
+    state = {k: v.detach().cpu() for k, v in encoder.state_dict().items()}
+    checkpoint.save_atomic({"spec": spec, "state_dict": state, **(extra or {})}, path)
+
+
+def load_encoder(path: Path) -> tuple[Encoder, dict[str, Any]]:
+    if not Path(path).exists():
+        raise FileNotFoundError(f"{path}: no encoder; run `sslpipe stage pretrain` first")
+    blob = checkpoint.load(path)
+    encoder = build_encoder(blob["spec"])
+    encoder.load_state_dict(blob["state_dict"])
+    return encoder, blob
+
+
+def save_classifier(model: Classifier, spec: dict[str, Any], num_classes: int, path: Path, extra: dict[str, Any] | None = None) -> None:
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    checkpoint.save_atomic({"spec": spec, "num_classes": num_classes, "state_dict": state, **(extra or {})}, path)
+
+
+def load_classifier(path: Path) -> tuple[Classifier, dict[str, Any]]:
+    if not Path(path).exists():
+        raise FileNotFoundError(f"{path}: no classifier; run `sslpipe stage finetune` first")
+    blob = checkpoint.load(path)
+    model = Classifier(build_encoder(blob["spec"]), blob["num_classes"])
+    model.load_state_dict(blob["state_dict"])
+    return model.eval(), blob

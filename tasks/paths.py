@@ -1,0 +1,34 @@
+"""Where each stage reads and writes, relative to the project root (DVC runs stages there)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+DATASET_DIR = Path("data/dataset")
+IMAGES = DATASET_DIR / "images.npy"  # uint8 (N, C, H, W)
+METADATA = DATASET_DIR / "metadata.parquet"  # one row per image
+DATASET_INFO = DATASET_DIR / "info.json"  # classes, counts, content version
+
+REPORTS = Path("reports")
+VALIDATION = REPORTS / "validation.json"
+VALIDATION_SUMMARY = REPORTS / "validation.md"
+PRETRAIN_HISTORY = REPORTS / "pretrain.json"
+TUNE_REPORT = REPORTS / "tune.json"
+FINETUNE_REPORT = REPORTS / "finetune.json"
+METRICS = REPORTS / "metrics.json"
+REGISTRATION = REPORTS / "registration.json"
+PLOTS = REPORTS / "plots"
+
+MODELS = Path("models")
+ENCODER = MODELS / "encoder.pt"
+BEST_CONFIG = MODELS / "tune" / "best.json"
+CLASSIFIERS = MODELS / "classifiers"
+
+STATE = Path(".sslpipe")  # scratch that survives runs but is no result: checkpoints, Ray results
+PRETRAIN_CHECKPOINT = STATE / "checkpoints" / "pretrain.pt"
+RAY_RESULTS = STATE / "ray"
+
+
+def classifier_path(arm: str, fraction: float) -> Path:
+    """``arm`` is ``finetune`` (from the SSL encoder) or ``supervised`` (from scratch)."""
+    return CLASSIFIERS / f"{arm}_{fraction:g}.pt"

@@ -1,0 +1,128 @@
+"""Stage 3 -- pretrain: self-supervised training of the encoder on every train image (labels
+unused), resuming from the last checkpoint if a run was killed. Writes ``models/encoder.pt``."""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from ssl_models.augment import ViewAugment, to_float
+from ssl_models.engine import TrainConfig, train
+from ssl_models.evaluation import extract_features, knn_top1
+from ssl_models.methods import method_class
+from tasks import paths, plots
+from tasks.config import PretrainParams
+from tasks.dataset import Dataset, load_dataset
+from tasks.io import write_json, write_text
+from tasks.models import build_encoder, encoder_spec, save_encoder
+
+
+@dataclass
+class PretrainResult:
+    method: str
+    steps: int
+    epochs: int
+    final_loss: float
+    knn_monitor_top1: float | None
+    images_per_sec: float
+    wall_seconds: float
+    resumed_from_step: int
+
+
+def train_config(cfg: PretrainParams) -> TrainConfig:
+    return TrainConfig(
+        epochs=cfg.epochs, batch_size=cfg.batch_size, optimizer=cfg.optimizer, lr=cfg.lr,
+        weight_decay=cfg.weight_decay, warmup_epochs=cfg.warmup_epochs, grad_clip=cfg.grad_clip,
+        precision=cfg.precision, channels_last=cfg.channels_last, compile=cfg.compile, seed=cfg.seed,
+        images_per_epoch=cfg.images_per_epoch, checkpoint_every=cfg.checkpoint_every, device=cfg.device,
+    )
+
+
+def build_method(cfg: PretrainParams, train_images: torch.Tensor):
+    """The configured method around a fresh encoder normalized with the pool's statistics."""
+    x = to_float(train_images[:10000])
+    mean = x.mean(dim=(0, 2, 3)).tolist()
+    std = x.std(dim=(0, 2, 3)).clamp(min=1e-3).tolist()
+    spec = encoder_spec(cfg.backbone, int(train_images.shape[1]), cfg.width, mean, std)
+    torch.manual_seed(cfg.seed)
+    augment = ViewAugment(**cfg.augment.model_dump())
+    return method_class(cfg.method)(build_encoder(spec), augment, **cfg.method_args), spec
+
+
+def knn_monitor(data: Dataset, n: int, seed: int, k: int = 20):
+    """An epoch callback: kNN top-1 with ``n`` labeled train images as the bank and ``n // 4``
+    other ones as queries (never the test split)."""
+    labeled = data.labeled_subset(1.0, seed)
+    g = torch.Generator().manual_seed(seed)
+    pick = torch.from_numpy(labeled)[torch.randperm(len(labeled), generator=g)[: n + n // 4]].numpy()
+    bank_x, bank_y = data.take(pick[:n])
+    query_x, query_y = data.take(pick[n:])
+
+    def on_epoch(epoch: int, method) -> dict[str, float]:
+        device = next(method.parameters()).device
+        bank = extract_features(method.encoder, bank_x, device=device)
+        query = extract_features(method.encoder, query_x, device=device)
+        return {"knn_monitor_top1": knn_top1(bank, bank_y, query, query_y, data.num_classes, k)}
+
+    return on_epoch
+
+
+def pretrain(cfg: PretrainParams, progress: bool = True, log_mlflow: bool = True) -> PretrainResult:
+    """Train, checkpointing as it goes, and save the encoder. See ``PretrainParams``."""
+    data = load_dataset()
+    images, _ = data.split("train")
+    method, spec = build_method(cfg, images)
+    mlflow = None
+    if log_mlflow:
+        import mlflow
+
+        mlflow.log_figure(augment_preview(method, images[:8], cfg.seed), "plots/augment_preview.png")
+    steps_log: list[tuple[int, float]] = []
+
+    def on_step(step: int, metrics: dict[str, float]) -> None:
+        steps_log.append((step, metrics["loss"]))
+        if mlflow:
+            mlflow.log_metrics({f"pretrain/{k}": v for k, v in metrics.items()}, step=step)
+
+    monitor = knn_monitor(data, min(cfg.knn_monitor_images, len(images)), cfg.seed) if cfg.knn_monitor_images else None
+
+    def on_epoch(epoch: int, m) -> dict[str, float]:
+        out = monitor(epoch, m) if monitor else {}
+        if mlflow and out:
+            mlflow.log_metrics({f"pretrain/{k}": v for k, v in out.items()}, step=epoch)
+        return out
+
+    result = train(method, images, train_config(cfg), paths.PRETRAIN_CHECKPOINT, on_step, on_epoch, progress=progress)
+    history = result.history
+    save_encoder(method.encoder.cpu().to(memory_format=torch.contiguous_format), spec, paths.ENCODER,
+                 {"method": cfg.method, "history": history})
+    out = PretrainResult(
+        method=cfg.method, steps=result.steps, epochs=result.epochs,
+        final_loss=history[-1]["loss"] if history else float("nan"),
+        knn_monitor_top1=history[-1].get("knn_monitor_top1") if history else None,
+        images_per_sec=result.images_per_sec, wall_seconds=result.wall_seconds,
+        resumed_from_step=result.resumed_from_step,
+    )
+    write_json(paths.PRETRAIN_HISTORY, {"summary": asdict(out), "epochs": history})
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["step", "loss"])
+    writer.writerows(steps_log)
+    write_text(paths.PLOTS / "pretrain_loss.csv", buf.getvalue())
+    if mlflow:
+        mlflow.log_metrics({"pretrain/images_per_sec_mean": result.images_per_sec})
+        if steps_log:
+            mlflow.log_figure(plots.loss_curve(*zip(*steps_log)), "plots/pretrain_loss.png")
+    return out
+
+
+def augment_preview(method, images: torch.Tensor, seed: int) -> Any:
+    """A figure of a few images and the method's views of them."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        views = method.views(images, g)
+    return plots.view_grid(to_float(images), views[:4], f"{method.name} views")

@@ -1,0 +1,84 @@
+"""MLflow at the edges: where to log, one run per stage (a child of the pipeline run when there is
+one), and the tags that tie a run to its code and data."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+PARENT_RUN_ENV = "SSLPIPE_PARENT_RUN_ID"  # set by the pipeline flow for the stages it runs
+DEFAULT_EXPERIMENT = "sslpipe"
+
+
+def tracking_uri() -> str:
+    """``MLFLOW_TRACKING_URI`` if set, else ``sqlite:///mlflow.db`` in the project root."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def setup_mlflow() -> str:
+    """Point MLflow at the store and the experiment (``MLFLOW_EXPERIMENT_NAME``, default sslpipe);
+    returns the experiment id. Artifacts of a local store go to ``mlruns/`` in the project root."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri())
+    name = os.environ.get("MLFLOW_EXPERIMENT_NAME", DEFAULT_EXPERIMENT)
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is None:
+        location = (Path.cwd() / "mlruns").as_uri() if tracking_uri().startswith("sqlite") else None
+        try:
+            return mlflow.create_experiment(name, artifact_location=location)
+        except Exception:  # created meanwhile by a concurrent stage
+            experiment = mlflow.get_experiment_by_name(name)
+            if experiment is None:
+                raise
+    mlflow.set_experiment(experiment_id=experiment.experiment_id)
+    return experiment.experiment_id
+
+
+def git_commit() -> str:
+    """The checked-out commit, with ``-dirty`` when tracked files changed; ``unknown`` outside git."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True).stdout
+        return sha + ("-dirty" if dirty.strip() else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def run_tags(stage: str, data_version: str | None = None) -> dict[str, str]:
+    tags = {"sslpipe.stage": stage, "git.commit": git_commit()}
+    if data_version:
+        tags["data.version"] = data_version
+    for env, tag in (("SSLPIPE_PREFECT_FLOW_RUN_ID", "prefect.flow_run_id"), ("SSLPIPE_PREFECT_RUN_URL", "prefect.flow_run_url")):
+        if os.environ.get(env):
+            tags[tag] = os.environ[env]
+    return tags
+
+
+@contextmanager
+def stage_run(stage: str, params: Mapping[str, Any], data_version: str | None = None) -> Iterator[Any]:
+    """An MLflow run for one stage: a child of ``$SSLPIPE_PARENT_RUN_ID`` when the pipeline flow
+    runs it, else a top-level run. Logs the stage's params and the code/data tags."""
+    import mlflow
+
+    setup_mlflow()
+    parent = os.environ.get(PARENT_RUN_ENV) or None
+    with mlflow.start_run(run_name=stage, parent_run_id=parent, tags=run_tags(stage, data_version)) as run:
+        mlflow.log_params({f"{stage}.{k}": v for k, v in flatten(params).items()})
+        yield run
