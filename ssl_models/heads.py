@@ -176,7 +176,11 @@ class ConvDecoder(nn.Module):
         layers: list[nn.Module] = []
         c = width
         for _ in range(3):
-            layers += [nn.ConvTranspose2d(c, c // 2, 4, stride=2, padding=1, bias=False), nn.BatchNorm2d(c // 2), nn.ReLU(inplace=True)]
+            layers += [
+                nn.ConvTranspose2d(c, c // 2, 4, stride=2, padding=1, bias=False),
+                nn.BatchNorm2d(c // 2),
+                nn.ReLU(inplace=True),
+            ]
             c //= 2
         self.up = nn.Sequential(*layers)
         self.out = nn.Conv2d(c, out_channels, 3, padding=1)

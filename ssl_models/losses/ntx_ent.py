@@ -25,9 +25,10 @@ class NTXentLoss(nn.Module):
     def forward(self, z0: Tensor, z1: Tensor) -> Tensor:
         """Args: z0, z1: (N, D) embeddings of the two views. Returns: scalar loss."""
         n = z0.shape[0]
-        z = F.normalize(torch.cat([z0, z1]).float(), dim=1)  # (2N, D)
-        logits = z @ z.T / self.temperature  # (2N, 2N)
-        logits.fill_diagonal_(float("-inf"))  # a view is not its own positive
-        # the positive of row i is i + N for the first half, i - N for the second
-        targets = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
-        return F.cross_entropy(logits, targets)
+        with torch.autocast(z0.device.type, enabled=False):  # autocast would run the matmul in bf16
+            z = F.normalize(torch.cat([z0, z1]).float(), dim=1)  # (2N, D)
+            logits = z @ z.T / self.temperature  # (2N, 2N)
+            logits.fill_diagonal_(float("-inf"))  # a view is not its own positive
+            # the positive of row i is i + N for the first half, i - N for the second
+            targets = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+            return F.cross_entropy(logits, targets)

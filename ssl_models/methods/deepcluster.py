@@ -1,0 +1,143 @@
+"""DeepCluster: "Deep Clustering for Unsupervised Learning of Visual Features" (Caron et al., ECCV
+2018, arXiv:1807.05520)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ssl_models.augment import ViewAugment, to_float
+from ssl_models.backbones import Encoder
+from ssl_models.device import autocast, autocast_dtype
+from ssl_models.heads import ProjectionHead
+from ssl_models.methods.base import SSLMethod, SSLOutput
+from ssl_models.methods.kmeans import assign, kmeans
+
+
+def image_keys(images: Tensor) -> Tensor:
+    """An exact-enough hash of each image's pixels, to find a batch image's pseudo-label in the pool.
+
+    A dot product of the uint8 pixels with fixed pseudo-random weights below 2^31 (no overflow up to
+    ~4 M pixels per image); distinct images collide with negligible probability.
+
+    Args:
+        images: (N, C, H, W) uint8 or float in [0, 1].
+
+    Returns:
+        (N,) int64.
+    """
+    pixels = images.flatten(1)
+    if pixels.dtype != torch.uint8:
+        pixels = (to_float(pixels) * 255).round()
+    weights = torch.randint(1, 2**31 - 1, (pixels.shape[1],), generator=torch.Generator().manual_seed(0))
+    weights = weights.to(pixels.device)
+    # in chunks: the int64 products of a whole pool would take 8 bytes per pixel
+    return torch.cat([(chunk.long() * weights).sum(1) for chunk in pixels.split(2048)])
+
+
+class DeepCluster(SSLMethod):
+    """Alternate k-means on the network's features (pseudo-labels, once per epoch) and training the
+    network to classify its images into their clusters.
+
+    Each epoch, ``on_epoch_start`` embeds the pool (eval mode), fits k-means on at most
+    ``kmeans_images`` of it, labels every pool image, re-initializes the classifier, and weights
+    the classes by inverse cluster size (the paper samples uniformly over clusters). Features are
+    centred and L2-normalized before clustering (the paper also PCA-whitens them to 256 dims).
+    Batch images are matched to their pool labels by a pixel hash; an image not in the pool takes
+    the cluster nearest to its view's features.
+
+    Args:
+        encoder: normalization + backbone.
+        augment: the view generator (one view per image, as in the paper).
+        hidden_dim, out_dim: MLP between backbone and classifier (the paper's fc6/fc7: 4096).
+        n_clusters: k (paper: 10000 on ImageNet, 10x the classes; 100 suits 10-class pools).
+        kmeans_iterations: Lloyd iterations per epoch.
+        kmeans_images: at most this many pool images fit the centroids (all are labelled).
+    """
+
+    name = "deepcluster"
+
+    def __init__(
+        self,
+        encoder: Encoder,
+        augment: ViewAugment | None = None,
+        hidden_dim: int = 512,
+        out_dim: int = 128,
+        n_clusters: int = 100,
+        kmeans_iterations: int = 20,
+        kmeans_images: int = 10000,
+    ) -> None:
+        super().__init__(encoder, augment)
+        self.n_clusters = n_clusters
+        self.kmeans_iterations = kmeans_iterations
+        self.kmeans_images = kmeans_images
+        self.projection_head = ProjectionHead(encoder.out_dim, hidden_dim, out_dim, num_layers=2)
+        self.classifier = nn.Linear(out_dim, n_clusters)
+        # recomputed every epoch, so not saved (and the checkpoint fingerprint stays fixed)
+        self.register_buffer("centroids", torch.empty(0, out_dim), persistent=False)
+        self.register_buffer("feature_mean", torch.zeros(out_dim), persistent=False)
+        self.register_buffer("class_weights", torch.ones(n_clusters), persistent=False)
+        self.register_buffer("pool_keys", torch.empty(0, dtype=torch.long), persistent=False)
+        self.register_buffer("pool_labels", torch.empty(0, dtype=torch.long), persistent=False)
+        self._batch_labels: Tensor | None = None
+
+    def features(self, x: Tensor) -> Tensor:
+        """What is clustered and classified: (N, C, H, W) -> (N, out_dim)."""
+        return self.projection_head(self.encoder(x))
+
+    def _cluster_space(self, z: Tensor) -> Tensor:
+        return F.normalize(z.float() - self.feature_mean, dim=1)
+
+    @torch.no_grad()
+    def on_epoch_start(self, epoch: int, images: Tensor) -> None:
+        """Recompute the pseudo-labels of the pool (N, C, H, W) uint8 and reset the classifier."""
+        device = self.classifier.weight.device
+        was_training = self.training
+        self.eval()
+        with autocast(device, autocast_dtype(device)):  # bf16 where fast: this pass sees the whole pool
+            z = torch.cat([self.features(to_float(chunk.to(device))).float() for chunk in images.split(1024)])  # (N, D)
+        self.train(was_training)
+        generator = torch.Generator().manual_seed(epoch)
+        fit = torch.randperm(z.shape[0], generator=generator)[: self.kmeans_images].to(device)
+        self.feature_mean = z[fit].mean(0)
+        zc = self._cluster_space(z)
+        self.centroids, _ = kmeans(zc[fit], min(self.n_clusters, fit.numel()), self.kmeans_iterations, generator)
+        labels = assign(zc, self.centroids)  # (N,)
+        counts = torch.bincount(labels, minlength=self.n_clusters).float()
+        # inverse-frequency class weights, mean 1 over the images
+        self.class_weights = torch.where(counts > 0, labels.numel() / (counts.clamp(min=1) * (counts > 0).sum()), 0.0)
+        keys = image_keys(images).to(device)
+        self.pool_keys, order = keys.sort()
+        self.pool_labels = labels[order]
+        self.classifier.reset_parameters()
+
+    @torch.no_grad()
+    def pseudo_labels(self, images: Tensor) -> Tensor:
+        """Pool pseudo-labels of a batch (N, C, H, W); -1 for images not in the pool."""
+        if self.pool_keys.numel() == 0:
+            return torch.full((images.shape[0],), -1, dtype=torch.long, device=images.device)
+        keys = image_keys(images).to(self.pool_keys.device)
+        pos = torch.searchsorted(self.pool_keys, keys).clamp(max=self.pool_keys.numel() - 1)
+        return torch.where(self.pool_keys[pos] == keys, self.pool_labels[pos], -1)
+
+    def views(self, images: Tensor, generator: torch.Generator | None = None) -> list[Tensor]:
+        """One view; the batch's pseudo-labels are looked up here, where the raw images are seen."""
+        self._batch_labels = self.pseudo_labels(images)
+        return [self.augment(images, generator)]
+
+    def forward(self, views: list[Tensor]) -> SSLOutput:
+        if self.centroids.numel() == 0:
+            raise RuntimeError(
+                "DeepCluster has no clusters yet: call on_epoch_start(epoch, images) first (the engine does)"
+            )
+        (x,) = views
+        z = self.features(x)  # (N, out_dim)
+        labels = self._batch_labels
+        if labels is None or labels.shape[0] != x.shape[0]:
+            labels = torch.full((x.shape[0],), -1, dtype=torch.long, device=x.device)
+        nearest = assign(self._cluster_space(z.detach()), self.centroids)
+        labels = torch.where(labels >= 0, labels.to(x.device), nearest)
+        logits = self.classifier(z).float()  # (N, n_clusters)
+        loss = F.cross_entropy(logits, labels, weight=self.class_weights)
+        return SSLOutput(loss, embedding=z.detach())
