@@ -44,6 +44,11 @@ def _enter_project() -> Path:
     root = project_root()
     os.chdir(root)
     # tools' own conventions, with project-local defaults (side effects at the edge, not at import)
+    # while `sslpipe server start`'s servers run, use them (unless the variables are set already)
+    from flows.servers import running_env
+
+    for key, value in running_env(root).items():
+        os.environ.setdefault(key, value)
     os.environ.setdefault("PREFECT_HOME", str(root / ".prefect"))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # the ephemeral API server needs ~15-30 s to start on 2 cores; Prefect's default wait is 20 s
@@ -110,10 +115,12 @@ def run(
     root = _enter_project()
     from tasks.config import ParamsError
 
-    from flows.params_file import resolve
+    from flows.params_file import resolve, restore_after_smoke
     from flows.pipeline import SMOKE_OVERRIDES, StageFailed, pipeline
 
     overrides = list(set_ or [])
+    if not smoke and restore_after_smoke():
+        console.print("params.yaml: restored the parameters it held before the last --smoke run")
     try:
         resolve(params_file, (SMOKE_OVERRIDES if smoke else []) + overrides)
     except ParamsError as e:
@@ -163,6 +170,199 @@ def print_summary(result: dict, root: Path) -> None:
         f"  Prefect UI: PREFECT_HOME={root}/.prefect .venv/bin/prefect server start --port 4200\n"
         "  DVC:        .venv/bin/dvc metrics show; .venv/bin/dvc status"
     )
+
+
+# ------------------------------------------------------------------------------ operate (issue 4)
+server_app = typer.Typer(help="The project's Prefect and MLflow servers (UIs, shared API), started detached.",
+                         no_args_is_help=True)
+app.add_typer(server_app, name="server")
+
+
+@server_app.command("start")
+def server_start(
+    host: Annotated[str, typer.Option(help="Address to bind; 0.0.0.0 exposes the UIs to the network.")] = "127.0.0.1",
+    prefect_port: Annotated[Optional[int], typer.Option(help="Prefect port (default 4200, else a free one; 0: any free).")] = None,
+    mlflow_port: Annotated[Optional[int], typer.Option(help="MLflow port (default 5000, else a free one; 0: any free).")] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for both health checks.")] = 180,
+) -> None:
+    """Start the Prefect server and the MLflow server in the background and wait until both are healthy."""
+    import time
+
+    root = _enter_project()
+    from flows.servers import ServerError, start
+
+    t0 = time.perf_counter()
+    with console.status("starting the Prefect and MLflow servers (20-40 s on a small machine)"):
+        try:
+            states = start(root, host, prefect_port, mlflow_port, timeout)
+        except ServerError as e:
+            _fail(str(e))
+    table = Table(show_edge=False, title=f"servers ready in {time.perf_counter() - t0:.1f} s")
+    for col in ("server", "UI", "pid", "store"):
+        table.add_column(col)
+    for st in states:
+        table.add_row(st.name, st.url, str(st.pid), st.database)
+    console.print(table)
+    exports = {k: v for st in states for k, v in st.env.items()}
+    console.print("sslpipe commands in this project use them now. For other tools, export:")
+    for key, value in exports.items():
+        console.print(f"  export {key}={value}", highlight=False, soft_wrap=True)
+    console.print(f"logs: {root}/.sslpipe/servers/*.log; stop with: sslpipe server stop", highlight=False)
+
+
+@server_app.command("stop")
+def server_stop() -> None:
+    """Stop the servers `sslpipe server start` started (their process groups, by pid file)."""
+    root = _enter_project()
+    from flows.servers import stop
+
+    done = stop(root)
+    if not done:
+        console.print("no servers recorded under .sslpipe/servers: nothing to stop")
+    for name, how in done:
+        console.print(f"{name}: {how}")
+
+
+@server_app.command("status")
+def server_status() -> None:
+    """Say which of the two servers run, where, and whether they answer their health checks."""
+    root = _enter_project()
+    from flows.servers import status
+
+    table = Table(show_edge=False)
+    for col in ("server", "state", "UI", "pid", "store"):
+        table.add_column(col)
+    for st, name, state in status(root):
+        color = {"running": "green", "stale": "yellow", "unhealthy": "red"}.get(state, "dim")
+        table.add_row(name, f"[{color}]{state}[/]", st.url if st else "-", str(st.pid) if st else "-",
+                      st.database if st else "-")
+    console.print(table)
+    if any(state == "stale" for _, _, state in status(root)):
+        console.print("stale: the process is gone; `sslpipe server stop` clears it, `sslpipe server start` starts anew")
+
+
+@app.command()
+def serve(
+    limit: Annotated[Optional[int], typer.Option(help="At most this many flow runs at a time.")] = None,
+) -> None:
+    """Create the `pipeline` and `retrain` deployments and run their flow runs until Ctrl-C.
+
+    Needs a Prefect server (`sslpipe server start`, or PREFECT_API_URL): the UI is where you
+    trigger `pipeline` with edited parameters and where `retrain`'s schedule lives.
+    """
+    _enter_project()
+    from tasks.config import ParamsError, load_params
+
+    from flows.deployments import serve_deployments
+
+    if not os.environ.get("PREFECT_API_URL"):
+        _fail("no Prefect server: run `sslpipe server start` first (or set PREFECT_API_URL)")
+    try:
+        params = load_params()
+    except ParamsError as e:
+        _fail(str(e))
+    ui = os.environ.get("PREFECT_UI_URL") or os.environ["PREFECT_API_URL"].removesuffix("/api")
+    console.print(f"serving sslpipe-pipeline/pipeline and sslpipe-retrain/retrain (cron '{params.retrain.cron}' "
+                  f"{params.retrain.timezone}); trigger them at {ui}/deployments", highlight=False)
+    serve_deployments(params, limit=limit)
+
+
+@app.command()
+def retrain(
+    set_: SetOption = None,
+    force: Annotated[bool, typer.Option("--force", help="Run the pipeline even if the data neither changed nor drifted.")] = False,
+    smoke: Annotated[bool, typer.Option("--smoke", help="The pipeline's tiny slice (a first taste, tests).")] = False,
+    params_file: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Retrain if the data changed or drifted since the champion; promote only a better model."""
+    _enter_project()
+    from tasks.config import ParamsError
+    from tasks.locks import LockTimeout
+
+    from flows.pipeline import StageFailed
+    from flows.retrain import retrain as retrain_flow
+
+    try:
+        r = retrain_flow(overrides=_as_dict(list(set_ or [])), force=force, smoke=smoke, params_file=str(params_file))
+    except (ParamsError, StageFailed, LockTimeout) as e:
+        _fail(str(e))
+    score = r.get("drift_score")
+    console.print(f"[bold]{r['decision']}[/]: {r['reason']}", highlight=False)
+    console.print(f"data version {r['data_version']}, drift score "
+                  f"{'-' if score is None else f'{score:.4f}'} (threshold {r['drift_threshold']}), "
+                  f"champion now: version {r.get('champion_after') or '-'}; MLflow run {r['mlflow_run_id']}", highlight=False)
+
+
+@app.command()
+def compare(
+    run_ids: Annotated[Optional[list[str]], typer.Argument(help="MLflow run ids (or 8+ character prefixes).")] = None,
+    last: Annotated[int, typer.Option("--last", "-n", help="Without run ids: the last N pipeline runs.")] = 5,
+) -> None:
+    """Pipeline runs side by side from MLflow: params that differ, metrics, duration."""
+    _enter_project()
+    from mlflow import MlflowClient
+
+    from flows.compare import compare_table, find_runs
+    from tasks.tracking import setup_mlflow
+
+    experiment_id = setup_mlflow()
+    try:
+        runs = find_runs(MlflowClient(), experiment_id, run_ids, last)
+    except Exception as e:  # unknown id: say which
+        _fail(str(e).strip("'\""))
+    if not runs:
+        _fail("no pipeline runs in MLflow yet: run `sslpipe run --smoke` first")
+    console.print(compare_table(runs))
+
+
+@app.command()
+def models(
+    name: Annotated[Optional[str], typer.Option(help="Registered model (default: register.model_name in params.yaml).")] = None,
+) -> None:
+    """The registered versions, with their aliases (champion, challenger) and key metrics."""
+    _enter_project()
+    from mlflow import MlflowClient
+
+    from flows.registry import model_versions, versions_table
+    from tasks.config import load_params
+    from tasks.tracking import setup_mlflow
+
+    setup_mlflow()
+    name = name or load_params().register_.model_name
+    versions, aliases = model_versions(MlflowClient(), name)
+    if not versions:
+        _fail(f"no versions of {name!r} registered yet: run `sslpipe run --smoke` first")
+    console.print(versions_table(name, versions, aliases))
+
+
+@app.command()
+def predict(
+    images: Annotated[list[Path], typer.Argument(help="Image files and/or folders (searched recursively).")],
+    model: Annotated[str, typer.Option("--model", "-m", help="An alias (champion, challenger), a version number, or a models:/ URI.")] = "champion",
+    name: Annotated[Optional[str], typer.Option(help="Registered model (default: register.model_name in params.yaml).")] = None,
+) -> None:
+    """Classify images with a registered model loaded through MLflow (as `mlflow models serve` does)."""
+    images = [p.resolve() for p in images]  # relative to where the command was typed
+    _enter_project()
+    from flows.predict import image_files, model_uri, predict_files
+    from tasks.config import load_params
+    from tasks.tracking import setup_mlflow
+
+    setup_mlflow()
+    uri = model_uri(model, name or load_params().register_.model_name)
+    try:
+        files = image_files(images)
+        results = predict_files(uri, files)
+    except FileNotFoundError as e:
+        _fail(str(e))
+    except Exception as e:  # noqa: BLE001 -- MLflow's errors for a missing alias or model
+        _fail(f"{uri}: {e}")
+    table = Table(show_edge=False, title=uri)
+    for col in ("image", "class", "probability"):
+        table.add_column(col)
+    for f, cls, p in results:
+        table.add_row(str(f), cls, f"{p:.3f}")
+    console.print(table)
 
 
 def main() -> None:  # pragma: no cover

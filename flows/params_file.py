@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ruamel.yaml import YAML
+from ruamel.yaml.representer import RoundTripRepresenter
 
 from tasks.config import Params, ParamsError, apply_overrides, parse_override, read_raw, validate_raw
 from tasks.io import write_text
@@ -16,8 +17,17 @@ from tasks.io import write_text
 PARAMS_YAML = Path("params.yaml")
 
 
+class _Representer(RoundTripRepresenter):
+    """ruamel writes None as nothing (``key:``); params.yaml spells it ``null``, so an unchanged
+    file must round-trip byte for byte (a subclass: ruamel's representers are class-wide)."""
+
+
+_Representer.add_representer(type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null"))
+
+
 def _yaml() -> YAML:
     y = YAML()
+    y.Representer = _Representer
     y.preserve_quotes = True
     y.indent(mapping=2, sequence=4, offset=2)
     return y
@@ -50,3 +60,28 @@ def write_params_yaml(params_file: Path, overrides: list[str], target: Path = PA
         return False
     write_text(target, new)
     return True
+
+
+# --smoke writes its overrides into params.yaml too (DVC must see them); the params.yaml it
+# replaced is kept here and put back by the next run without --smoke, so a first taste never
+# turns the user's next full run into another smoke run.
+SMOKE_BACKUP = Path(".sslpipe/params.before-smoke.yaml")
+SMOKE_WRITTEN = Path(".sslpipe/params.smoke.yaml")
+
+
+def remember_smoke(before: str) -> None:
+    """Call around a smoke run's write: ``before`` is params.yaml's text before it."""
+    if not (SMOKE_WRITTEN.exists() and SMOKE_WRITTEN.read_text() == before):
+        write_text(SMOKE_BACKUP, before)  # not itself a smoke file: the user's parameters
+    write_text(SMOKE_WRITTEN, PARAMS_YAML.read_text())
+
+
+def restore_after_smoke() -> bool:
+    """If params.yaml is still exactly what a smoke run wrote, put back the one it replaced."""
+    if SMOKE_WRITTEN.exists() and SMOKE_BACKUP.exists() and PARAMS_YAML.exists() \
+            and PARAMS_YAML.read_text() == SMOKE_WRITTEN.read_text():
+        write_text(PARAMS_YAML, SMOKE_BACKUP.read_text())
+        SMOKE_WRITTEN.unlink()
+        SMOKE_BACKUP.unlink()
+        return True
+    return False

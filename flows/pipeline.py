@@ -15,7 +15,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
-from flows.params_file import PARAMS_YAML, resolve, write_params_yaml
+from flows.params_file import PARAMS_YAML, remember_smoke, resolve, restore_after_smoke, write_params_yaml
 from tasks import paths
 from tasks.config import STAGES
 from tasks.io import read_json
@@ -25,6 +25,7 @@ SMOKE_OVERRIDES = [
     "ingest.limit_train=600",
     "ingest.limit_test=300",
     "pretrain.epochs=1",
+    "pretrain.compile=false",
     "pretrain.batch_size=100",
     "pretrain.knn_monitor_images=200",
     "pretrain.checkpoint_every=2",
@@ -154,14 +155,19 @@ def pipeline(
     """
     import mlflow
 
-    from tasks.tracking import PARENT_RUN_ENV, flatten, run_tags, setup_mlflow
+    from tasks.tracking import PARENT_RUN_ENV, dvc_data_hash, flatten, run_tags, setup_mlflow
 
     logger = get_run_logger()
     override_list = (SMOKE_OVERRIDES if smoke else []) + overrides_from(method, epochs, label_fractions, tune_trials, overrides)
+    if not smoke and restore_after_smoke():
+        logger.info("params.yaml: restored the parameters it held before the last --smoke run")
     params = resolve(Path(params_file), override_list)  # fails fast, naming a bad key
+    before = PARAMS_YAML.read_text() if PARAMS_YAML.exists() else ""
     if write_params_yaml(Path(params_file), override_list):
         logger.info("params.yaml now holds this run's parameters (%s); `git diff params.yaml` shows them",
                     ", ".join(override_list) or f"from {params_file}")
+    if smoke:
+        remember_smoke(before)
     env = dict(os.environ)
     ui_url = flow_run.ui_url or ""
     env.update({
@@ -173,6 +179,8 @@ def pipeline(
     setup_mlflow()
     outcomes: list[dict[str, Any]] = []
     tags = {**run_tags("pipeline"), "prefect.flow_run_id": str(flow_run.id), "sslpipe.smoke": str(smoke)}
+    if env["SSLPIPE_PREFECT_RUN_URL"]:  # a real Prefect server: link the run to its flow run page
+        tags["prefect.flow_run_url"] = env["SSLPIPE_PREFECT_RUN_URL"]
     with mlflow.start_run(run_name=f"pipeline {flow_run.name}", tags=tags) as parent:
         mlflow.log_params(flatten(params.to_dict()))
         mlflow.log_dict({"overrides": override_list}, "overrides.json")
@@ -191,6 +199,8 @@ def pipeline(
             mlflow.log_metrics(flat_metrics(metrics))
         if paths.DATASET_INFO.exists():
             mlflow.set_tag("data.version", read_json(paths.DATASET_INFO)["version"])
+        if dvc_hash := dvc_data_hash():
+            mlflow.set_tag("dvc.data_md5", dvc_hash)
         markdown = results_markdown(outcomes, metrics, registration)
         mlflow.log_text(markdown, "results.md")
     create_markdown_artifact(key="sslpipe-results", markdown=markdown, description="sslpipe pipeline results")

@@ -159,6 +159,7 @@ def train(
     fingerprint = _fingerprint(method, cfg, n)
 
     step, history = 0, []
+    epoch_losses: list[float] = []  # losses of the current epoch's steps so far
     ckpt = Path(checkpoint_path) if checkpoint_path else None
     if ckpt and ckpt.exists():
         state = checkpoint.load(ckpt)
@@ -168,6 +169,7 @@ def train(
             scaler.load_state_dict(state["scaler"])
             torch.set_rng_state(state["rng_cpu"])
             step, history = int(state["step"]), list(state["history"])
+            epoch_losses = [float(v) for v in state.get("epoch_losses", [])]
         else:
             warnings.warn(f"{ckpt}: checkpoint is from another config or data; starting afresh", stacklevel=2)
     resumed_from = step
@@ -183,6 +185,7 @@ def train(
                     "scaler": scaler.state_dict(),
                     "rng_cpu": torch.get_rng_state(),
                     "history": history,
+                    "epoch_losses": epoch_losses,  # so a mid-epoch resume averages the whole epoch
                 },
                 ckpt,
             )
@@ -191,7 +194,6 @@ def train(
     stop_at = min(total_steps, max_steps if max_steps is not None else total_steps)
     bar = tqdm(total=total_steps, initial=step, disable=not progress, unit="step", dynamic_ncols=True)
     start, timed_images, rate = time.perf_counter(), 0, 0.0
-    epoch_losses: list[float] = []
     method.train()
     order, order_epoch = None, -1
     while step < stop_at:

@@ -127,7 +127,7 @@ def dataset_version(meta: pd.DataFrame) -> str:
     """A content fingerprint: the hashes, splits and labels of every image, in order."""
     digest = hashlib.sha256()
     for col in ("sha1", "split", "label"):
-        digest.update("\n".join(meta[col].astype(str)).encode())
+        digest.update("\n".join(str(v) for v in meta[col]).encode())  # NA -> "<NA>" (astype(str) keeps NaN)
     return digest.hexdigest()[:16]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -39,6 +40,7 @@ def train_config(cfg: PretrainParams) -> TrainConfig:
         weight_decay=cfg.weight_decay, warmup_epochs=cfg.warmup_epochs, grad_clip=cfg.grad_clip,
         precision=cfg.precision, channels_last=cfg.channels_last, compile=cfg.compile, seed=cfg.seed,
         images_per_epoch=cfg.images_per_epoch, checkpoint_every=cfg.checkpoint_every, device=cfg.device,
+        log_every=1,
     )
 
 
@@ -82,11 +84,22 @@ def pretrain(cfg: PretrainParams, progress: bool = True, log_mlflow: bool = True
 
         mlflow.log_figure(augment_preview(method, images[:8], cfg.seed), "plots/augment_preview.png")
     steps_log: list[tuple[int, float]] = []
+    pending: list[Any] = []  # MLflow metrics, sent in batches: one call per step would cost ~10 ms
+
+    def flush() -> None:
+        if mlflow and pending:
+            mlflow.MlflowClient().log_batch(mlflow.active_run().info.run_id, metrics=pending)
+            pending.clear()
 
     def on_step(step: int, metrics: dict[str, float]) -> None:
         steps_log.append((step, metrics["loss"]))
         if mlflow:
-            mlflow.log_metrics({f"pretrain/{k}": v for k, v in metrics.items()}, step=step)
+            from mlflow.entities import Metric
+
+            now = int(time.time() * 1000)
+            pending.extend(Metric(f"pretrain/{k}", v, now, step) for k, v in metrics.items())
+            if len(pending) >= 300:
+                flush()
 
     monitor = knn_monitor(data, min(cfg.knn_monitor_images, len(images)), cfg.seed) if cfg.knn_monitor_images else None
 
@@ -97,6 +110,7 @@ def pretrain(cfg: PretrainParams, progress: bool = True, log_mlflow: bool = True
         return out
 
     result = train(method, images, train_config(cfg), paths.PRETRAIN_CHECKPOINT, on_step, on_epoch, progress=progress)
+    flush()
     history = result.history
     save_encoder(method.encoder.cpu().to(memory_format=torch.contiguous_format), spec, paths.ENCODER,
                  {"method": cfg.method, "history": history})

@@ -30,13 +30,17 @@ def setup_mlflow() -> str:
     if experiment is None:
         location = (Path.cwd() / "mlruns").as_uri() if tracking_uri().startswith("sqlite") else None
         try:
-            return mlflow.create_experiment(name, artifact_location=location)
+            experiment_id = mlflow.create_experiment(name, artifact_location=location)
         except Exception:  # created meanwhile by a concurrent stage
             experiment = mlflow.get_experiment_by_name(name)
             if experiment is None:
                 raise
-    mlflow.set_experiment(experiment_id=experiment.experiment_id)
-    return experiment.experiment_id
+            experiment_id = experiment.experiment_id
+    else:
+        experiment_id = experiment.experiment_id
+    # also after creating it: else the first run of a fresh store lands in "Default"
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id
 
 
 def git_commit() -> str:
@@ -61,10 +65,23 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def dvc_data_hash(lock: Path = Path("dvc.lock"), out: str = "data/dataset") -> str | None:
+    """The md5 DVC recorded for the dataset (``dvc.lock``), or None before ingest ran through DVC."""
+    import yaml
+
+    try:
+        stages = yaml.safe_load(lock.read_text())["stages"]
+        return next(o["md5"] for o in stages["ingest"]["outs"] if o["path"] == out)
+    except (OSError, KeyError, TypeError, StopIteration, yaml.YAMLError):
+        return None
+
+
 def run_tags(stage: str, data_version: str | None = None) -> dict[str, str]:
     tags = {"sslpipe.stage": stage, "git.commit": git_commit()}
     if data_version:
         tags["data.version"] = data_version
+    if dvc_hash := dvc_data_hash():
+        tags["dvc.data_md5"] = dvc_hash
     for env, tag in (("SSLPIPE_PREFECT_FLOW_RUN_ID", "prefect.flow_run_id"), ("SSLPIPE_PREFECT_RUN_URL", "prefect.flow_run_url")):
         if os.environ.get(env):
             tags[tag] = os.environ[env]

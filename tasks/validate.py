@@ -95,6 +95,11 @@ def _schema_check(name: str, schema: pa.DataFrameSchema, df: pd.DataFrame, keep:
     except pa.errors.SchemaErrors as err:
         results = []
         cases = err.failure_cases
+        # a table-wide check reports every column of each failing row: keep one case per row
+        table = (cases["schema_context"] == "DataFrameSchema") & cases["index"].notna()
+        if table.any():
+            rows = cases[table].drop_duplicates(["check", "index"])
+            cases = pd.concat([cases[~table], rows.assign(column=None, failure_case=rows["check"])], ignore_index=True)
         for (column, check), group in cases.groupby(["column", "check"], dropna=False, sort=False):
             where = "" if pd.isna(column) else f"{column}: "
             examples = []

@@ -1,0 +1,53 @@
+"""Fixtures shared by the whole suite: a throw-away copy of the project and a Prefect API."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+
+
+def project_files() -> list[str]:
+    """Tracked files plus untracked ones git does not ignore: what a fresh clone would hold."""
+    out = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True)
+    return [f for f in out.stdout.splitlines() if (REPO / f).is_file()]
+
+
+def copy_project(dst: Path) -> Path:
+    """Copy the project into ``dst`` as a fresh git repo (DVC needs one), without any outputs."""
+    for rel in project_files():
+        target = dst / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / rel, target)
+    git = ["git", "-c", "user.name=sslpipe-test", "-c", "user.email=test@sslpipe"]
+    subprocess.run(["git", "init", "-q"], cwd=dst, check=True)
+    subprocess.run([*git, "add", "-A"], cwd=dst, check=True)
+    subprocess.run([*git, "commit", "-qm", "copy"], cwd=dst, check=True)
+    return dst
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """The environment for running ``sslpipe`` / ``dvc`` in a project copy."""
+    env = dict(os.environ)
+    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
+    env.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    env.update(extra)
+    return env
+
+
+@pytest.fixture(scope="session")
+def prefect_api_url():
+    """A temporary Prefect API for the session (Prefect's test harness); child processes reach
+    it through PREFECT_API_URL, which the harness sets only in this process's settings."""
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield PREFECT_API_URL.value()
