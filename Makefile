@@ -38,6 +38,12 @@ test: install data  ## run the test suite (unit, stage, end-to-end)
 test-fast: install  ## the tests without the slow end-to-end ones
 	PATH=$(abspath $(BIN)):$$PATH $(PY) -m pytest -m "not e2e"
 
+ui: install  ## start the Prefect and MLflow servers (UIs) in the background; `make ui-stop` stops them
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/sslpipe server start
+
+ui-stop:  ## stop the servers `make ui` started
+	@if [ -x $(BIN)/sslpipe ]; then PATH=$(abspath $(BIN)):$$PATH $(BIN)/sslpipe server stop; fi
+
 bench: install data  ## throughput benchmark (prints its setup and figures)
 	PATH=$(abspath $(BIN)):$$PATH $(PY) bench/throughput.py
 

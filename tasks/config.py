@@ -160,6 +160,27 @@ class RegisterParams(Section):
     min_improvement: float = Field(0.0, ge=0)  # over the champion's metric to take the alias
 
 
+# -------------------------------------------------------------------------------------- retrain
+class RetrainParams(Section):
+    """The retrain flow (flows/retrain.py) and its deployment; no DVC stage reads this section."""
+
+    cron: str = "0 3 * * 1"  # the retrain deployment's schedule: Mondays 03:00 (editable in the Prefect UI)
+    timezone: str = "UTC"
+    # MMD^2 (RBF kernel, median bandwidth) between the champion's encoder features of its training
+    # images and of the new ones; same-distribution samples score ~0, a changed distribution > 0.05
+    drift_threshold: float = Field(0.05, ge=0)
+    drift_images: int = Field(500, ge=10)  # images sampled from each side for the drift score
+    min_improvement: float = Field(0.0, ge=0)  # top-1 margin, on the same test data, to replace the champion
+    lock_timeout_s: float = Field(3600, gt=0)  # how long a second trigger waits for a running retrain
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, v: str) -> str:
+        if len(v.split()) != 5:
+            raise ValueError(f"cron {v!r}: expected 5 fields (minute hour day month weekday), e.g. '0 3 * * 1'")
+        return v
+
+
 class Params(Section):
     ingest: IngestParams = IngestParams()
     validate_: ValidateParams = Field(ValidateParams(), alias="validate")
@@ -168,6 +189,7 @@ class Params(Section):
     finetune: FinetuneParams = FinetuneParams()
     evaluate: EvaluateParams = EvaluateParams()
     register_: RegisterParams = Field(RegisterParams(), alias="register")
+    retrain: RetrainParams = RetrainParams()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

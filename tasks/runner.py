@@ -39,14 +39,16 @@ def _call(name: str, params: Params, progress: bool) -> Any:
     if name == "register":
         from tasks.register import register
 
-        return register(params.register_, params.finetune)
+        from tasks.register import params_hash
+
+        return register(params.register_, params.finetune, params_digest=params_hash(params.to_dict()))
     raise ValueError(f"unknown stage {name!r}; choose one of {', '.join(STAGES)}")
 
 
 def _section(name: str, params: Params) -> dict[str, Any]:
-    sections = {"validate": "validate", "register": "register"}
+    """The params a stage reads: its own section, plus the label fractions for the later stages."""
     data = params.to_dict()
-    out = dict(data[sections.get(name, name)])
+    out = dict(data[name])
     if name in ("tune", "finetune", "evaluate", "register"):
         out["finetune.label_fractions"] = data["finetune"]["label_fractions"]
     return out

@@ -1,0 +1,127 @@
+"""The retrain flow on the session's project (through `sslpipe retrain`, on the real servers):
+it skips when nothing changed; retrains and promotes a better model when the data changed (two
+triggers at once register one version; the champion is made bad on purpose first, so that
+"better" does not hang on a tiny training run); and keeps the champion when the challenger loses."""
+
+from __future__ import annotations
+
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+
+from tasks.drift import mmd_rbf
+from tests.flows.conftest import project_env, server_state, sslpipe
+
+# smaller than --smoke where the outcome does not depend on it
+FAST = ["pretrain.knn_monitor_images=0"]
+
+
+def _sets(overrides: list[str]) -> list[str]:
+    return [a for o in overrides for a in ("--set", o)]
+
+
+def _registry(project):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(server_state(project, "mlflow")["env"]["MLFLOW_TRACKING_URI"])
+    versions = client.search_model_versions("name='sslpipe-classifier'")
+    aliases = client.get_registered_model("sslpipe-classifier").aliases
+    return client, sorted(int(v.version) for v in versions), {k: str(v) for k, v in aliases.items()}
+
+
+def test_mmd_is_near_zero_for_one_distribution_and_large_for_a_shift():
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(300, 16, generator=g), torch.randn(300, 16, generator=g)
+    assert abs(mmd_rbf(a, b)) < 0.02
+    assert mmd_rbf(a, b + 1.0) > 0.1
+    assert mmd_rbf(a, b + 1.0) < mmd_rbf(a, b + 2.0)  # grows with the shift
+    assert np.isclose(mmd_rbf(a, b), mmd_rbf(b, a))  # symmetric
+
+
+@pytest.mark.e2e
+def test_skips_when_nothing_changed(ops_project):
+    project, _ = ops_project
+    _, before, aliases = _registry(project)
+    out = sslpipe(project, "retrain", "--smoke").stdout
+    assert "skipped" in out, out
+    client, after, aliases_after = _registry(project)
+    assert after == before and aliases_after == aliases
+    run = client.search_runs([client.get_experiment_by_name("sslpipe").experiment_id],
+                             filter_string="tags.`sslpipe.stage` = 'retrain'", order_by=["attributes.start_time DESC"])[0]
+    assert run.data.tags["retrain.decision"] == "skipped"
+    assert "drift_score" in run.data.metrics and run.data.metrics["drift_score"] < 0.05
+
+
+class _ConstantClassifier(torch.nn.Module):
+    """A champion gone bad: the same class for every image (top-1 = that class's share, ~0.1)."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        probs = torch.zeros(x.shape[0], self.num_classes, dtype=x.dtype)
+        probs[:, 0] = 1.0  # (N, K)
+        return probs + 0 * x.mean()
+
+
+def _register_bad_champion(client, project) -> str:
+    """Register a constant model as champion, with the current champion's data version."""
+    import mlflow
+
+    current = client.get_model_version_by_alias("sslpipe-classifier", "champion")
+    mlflow.set_tracking_uri(client.tracking_uri)
+    mlflow.set_experiment("sslpipe")
+    example = np.zeros((2, 1, 28, 28), dtype=np.float32)
+    with mlflow.start_run(run_name="bad champion (test)"):
+        info = mlflow.pytorch.log_model(_ConstantClassifier(10), name="model", input_example=example,
+                                        pip_requirements=["torch"])
+    mv = mlflow.register_model(info.model_uri, "sslpipe-classifier",
+                               tags={"data.version": current.tags["data.version"], "metric.model_top1": "0.1"})
+    client.set_registered_model_alias("sslpipe-classifier", "champion", mv.version)
+    return str(mv.version)
+
+
+@pytest.mark.e2e
+def test_two_concurrent_triggers_register_one_version_and_promote_the_better_model(ops_project):
+    project, _ = ops_project
+    client, _, _ = _registry(project)
+    bad = _register_bad_champion(client, project)
+    _, before, _ = _registry(project)
+    # new data (another sample), a margin any trained model clears against a constant one
+    cmd = ["sslpipe", "retrain", "--smoke", *_sets(["ingest.seed=1", "retrain.min_improvement=0.0", *FAST])]
+    procs = [subprocess.Popen(cmd, cwd=project, env=project_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=1500)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), "\n\n".join(o[-4000:] for o in outs)
+    decisions = sorted(("promoted" if "promoted" in o else "skipped" if "skipped" in o else "kept") for o in outs)
+    client, after, aliases = _registry(project)
+    assert len(after) == len(before) + 1, outs  # one version for one data + params
+    assert decisions == ["promoted", "skipped"], outs  # the second found the new champion's data: nothing to do
+    assert aliases["champion"] == str(after[-1]) != bad
+    mv = client.get_model_version("sslpipe-classifier", str(after[-1]))
+    assert any(k.startswith("top1.data.") for k in mv.tags)  # scored on the new test data
+
+
+@pytest.mark.e2e
+def test_keeps_the_champion_when_the_challenger_loses(ops_project):
+    project, _ = ops_project
+    client, before, _ = _registry(project)
+    # the smoke model (trained on other data) is champion again; the workspace holds the data and
+    # params of the last retrain, so the pipeline runs with every stage cached by DVC and its
+    # register stage finds that version by its idempotency key; a margin no model can clear
+    first = str(before[0])
+    client.set_registered_model_alias("sslpipe-classifier", "champion", first)
+    out = sslpipe(project, "retrain", "--smoke", *_sets(["ingest.seed=1", "retrain.min_improvement=1.0", *FAST]),
+                  timeout=1500).stdout
+    assert "kept champion" in out, out
+    client, after, aliases = _registry(project)
+    assert after == before  # nothing registered twice
+    assert aliases["champion"] == first
+    assert aliases["challenger"] == str(after[-1])
+    run = client.search_runs([client.get_experiment_by_name("sslpipe").experiment_id],
+                             filter_string="tags.`sslpipe.stage` = 'retrain'", order_by=["attributes.start_time DESC"])[0]
+    assert run.data.tags["retrain.decision"] == "kept champion"
+    assert {"challenger_top1", "champion_top1", "drift_score"} <= set(run.data.metrics)
