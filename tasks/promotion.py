@@ -13,7 +13,7 @@ import torch
 
 from tasks.drift import embedding_drift, sample_rows
 from tasks.models import load_classifier
-from tasks.register import CHAMPION
+from tasks.register import beats, champion_version
 
 
 @dataclass
@@ -25,13 +25,8 @@ class Champion:
 
 def current_champion(client, name: str) -> Champion | None:
     """The version holding the ``champion`` alias, or None (no model, or no alias yet)."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        mv = client.get_model_version_by_alias(name, CHAMPION)
-    except MlflowException:  # INVALID_PARAMETER_VALUE (no alias) or RESOURCE_DOES_NOT_EXIST (no model)
-        return None
-    return Champion(str(mv.version), mv.tags.get("data.version"), mv.run_id)
+    mv = champion_version(client, name)
+    return None if mv is None else Champion(str(mv.version), mv.tags.get("data.version"), mv.run_id)
 
 
 def champion_drift(client, champion: Champion, new_train: np.ndarray, images: int, seed: int = 0) -> float | None:
@@ -87,7 +82,7 @@ def promotion(challenger_top1: float, champion_top1: float | None, min_improveme
     """Whether the challenger replaces the champion, and why (both scored on the same test images)."""
     if champion_top1 is None:
         return True, "the champion cannot be scored on the new test data (or there is none)"
-    if challenger_top1 > champion_top1 + min_improvement:
+    if beats(challenger_top1, champion_top1, min_improvement):
         return True, (f"the challenger's top-1 {challenger_top1:.4f} beats the champion's {champion_top1:.4f} "
                       f"by more than {min_improvement} on the same test images")
     return False, (f"the challenger's top-1 {challenger_top1:.4f} does not beat the champion's {champion_top1:.4f} "

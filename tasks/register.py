@@ -57,13 +57,25 @@ class _Probabilities(torch.nn.Module):
         return self.classifier(x).softmax(dim=1)
 
 
-def champion_metric(client, name: str, metric: str) -> tuple[str | None, float | None]:
-    """(version, metric value) of the current champion, or (None, None) when there is none."""
+def champion_version(client, name: str):
+    """The model version holding the ``champion`` alias, or None (no model, or no alias yet)."""
     from mlflow.exceptions import MlflowException
 
     try:
-        mv = client.get_model_version_by_alias(name, CHAMPION)
-    except MlflowException:
+        return client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:  # INVALID_PARAMETER_VALUE (no alias) or RESOURCE_DOES_NOT_EXIST (no model)
+        return None
+
+
+def beats(value: float, reference: float, min_improvement: float) -> bool:
+    """The promotion rule: better than ``reference`` by more than ``min_improvement``."""
+    return value > reference + min_improvement
+
+
+def champion_metric(client, name: str, metric: str) -> tuple[str | None, float | None]:
+    """(version, metric value) of the current champion, or (None, None) when there is none."""
+    mv = champion_version(client, name)
+    if mv is None:
         return None, None
     value = mv.tags.get(f"metric.{metric}")
     if value is None and mv.run_id:
@@ -75,7 +87,7 @@ def decide(value: float, champion_value: float | None, min_improvement: float) -
     """The alias a new version gets, and why."""
     if champion_value is None:
         return CHAMPION, "no champion yet"
-    if value > champion_value + min_improvement:
+    if beats(value, champion_value, min_improvement):
         return CHAMPION, f"{value:.4f} beats the champion's {champion_value:.4f} by more than {min_improvement}"
     return CHALLENGER, f"{value:.4f} does not beat the champion's {champion_value:.4f} by more than {min_improvement}"
 
