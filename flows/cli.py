@@ -381,6 +381,7 @@ def augment_preview(
     out = out.resolve()  # relative to where the command was typed
     _enter_project()
     from ssl_models.data import DataError, read_fashion_mnist
+    from ssl_models.methods import method_class
     from tasks import plots
     from tasks.config import ParamsError, load_params
     from tasks.dataset import DatasetError, load_dataset
@@ -405,14 +406,12 @@ def augment_preview(
     if len(images) == 0:
         _fail(f"{source}: no train images")
     name = method or cfg.method
-    if name != cfg.method:  # method_args belong to the configured method
-        cfg = cfg.model_copy(update={"method": name, "method_args": {}})
     try:
-        built, _ = build_method(cfg, images)
+        backbones = method_class(name).backbones
+        backbone = cfg.backbone if not backbones or cfg.backbone in backbones else backbones[0]  # MAE: views only
+        built, _ = build_method(cfg.model_copy(update={"method": name, "backbone": backbone}), images)
     except ValueError as e:
-        if cfg.backbone == "vit_tiny" or "Vision Transformer" not in str(e):
-            _fail(str(e))
-        built, _ = build_method(cfg.model_copy(update={"backbone": "vit_tiny"}), images)  # MAE: views only
+        _fail(str(e))
     plots.save(preview_figure(built, images[:n], cfg.seed), out)
     console.print(f"wrote {out}: {min(n, len(images))} images from {source} and their {name} views", highlight=False)
 

@@ -17,7 +17,7 @@ from prefect.runtime import flow_run
 
 from flows.params_file import PARAMS_YAML, remember_smoke, resolve, restore_after_smoke, write_params_yaml
 from tasks import paths
-from tasks.config import STAGES
+from tasks.config import STAGES, MethodName
 from tasks.io import read_json
 
 # what --smoke changes: a few hundred images, one epoch, one trial per arm
@@ -134,7 +134,7 @@ def overrides_from(
 
 @flow(name="sslpipe-pipeline", log_prints=True)
 def pipeline(
-    method: str | None = None,
+    method: MethodName | None = None,
     epochs: int | None = None,
     label_fractions: list[float] | None = None,
     tune_trials: int | None = None,
@@ -145,7 +145,7 @@ def pipeline(
     """Ingest, validate, pretrain, tune, fine-tune, evaluate and register.
 
     Args:
-        method: SSL method (``pretrain.method``), e.g. simclr.
+        method: SSL method (``pretrain.method``); mae also needs ``{"pretrain.backbone": "vit_tiny"}``.
         epochs: pretraining epochs (``pretrain.epochs``).
         label_fractions: fractions of train labels to fine-tune on (``finetune.label_fractions``).
         tune_trials: Ray Tune trials per arm (``tune.num_samples``).

@@ -52,26 +52,42 @@ class ValidateParams(Section):
 
 
 # ------------------------------------------------------------------------------------- pretrain
+# the names ``ssl_models.methods.METHODS`` registers (a test keeps the two equal), spelt out here
+# so that the flow's ``method`` parameter is a drop-down in the Prefect UI without importing torch
+MethodName = Literal["simclr", "moco", "byol", "simsiam", "dino", "barlowtwins", "vicreg", "swav", "deepcluster",
+                     "mae", "dae", "inpainting", "rotation", "jigsaw"]
+
+
 class AugmentParams(Section):
-    crop_scale: tuple[float, float] = (0.2, 1.0)
-    flip_p: float = Field(0.5, ge=0, le=1)
-    jitter_strength: float = Field(0.5, ge=0)
-    jitter_p: float = Field(0.8, ge=0, le=1)
-    grayscale_p: float = Field(0.2, ge=0, le=1)
-    blur_p: float = Field(0.0, ge=0, le=1)
-    solarize_p: float = Field(0.0, ge=0, le=1)
+    """Overrides of the method's own views (``ssl_models.augment.ViewAugment`` arguments); a key
+    left unset (null) keeps the method's default: SimCLR's views for most methods, crop and flip
+    only for mae, dae and inpainting."""
+
+    crop_scale: tuple[float, float] | None = None  # SimCLR: (0.2, 1.0) here (0.08 in the paper, for 224 px)
+    flip_p: float | None = Field(None, ge=0, le=1)  # 0.5
+    jitter_strength: float | None = Field(None, ge=0)  # 0.5
+    jitter_p: float | None = Field(None, ge=0, le=1)  # 0.8
+    grayscale_p: float | None = Field(None, ge=0, le=1)  # 0.2
+    blur_p: float | None = Field(None, ge=0, le=1)  # 0.0
+    solarize_p: float | None = Field(None, ge=0, le=1)  # 0.0
+
+    def overrides(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True)
 
 
 class PretrainParams(Section):
     method: str = "simclr"
-    method_args: dict[str, Any] = {}  # keyword arguments of the method (e.g. temperature)
+    # per method, its keyword arguments ({simclr: {temperature: 0.2}}); only ``method``'s entry is
+    # used, so switching methods is one key; unset arguments keep the paper defaults
+    method_args: dict[str, Any] = {}
     backbone: str = "small_cnn"  # small_cnn (CPU), resnet18 (GPU), or another of ssl_models.backbones
     width: int = Field(32, ge=4)  # small_cnn first-stage channels
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(256, ge=2)
-    optimizer: Literal["sgd", "adamw"] = "sgd"
-    lr: float = Field(0.3, gt=0)  # for batch 256, scaled linearly
-    weight_decay: float = Field(5e-4, ge=0)
+    # None: the method's own (``SSLMethod.optim``), filled in by validation
+    optimizer: Literal["sgd", "adamw"] | None = None
+    lr: float | None = Field(None, gt=0)  # for batch 256, scaled linearly
+    weight_decay: float | None = Field(None, ge=0)
     warmup_epochs: float = Field(0.5, ge=0)
     grad_clip: float | None = None
     images_per_epoch: int | None = Field(None, ge=2)
@@ -93,19 +109,43 @@ class PretrainParams(Section):
             raise ValueError(f"unknown backbone {v!r}; choose one of {', '.join(BACKBONES)}")
         return v
 
+    @model_validator(mode="before")
+    @classmethod
+    def _method_optim(cls, data: Any) -> Any:
+        """Unset optimizer, lr, weight_decay: the method's own (``SSLMethod.optim``)."""
+        from ssl_models.methods import METHODS
+
+        if isinstance(data, dict) and (method := METHODS.get(data.get("method", "simclr"))):
+            data = {**data, **{k: v for k, v in method.optim.items() if data.get(k) is None}}
+        return data
+
     @model_validator(mode="after")
     def _known_method(self) -> "PretrainParams":
         from ssl_models.methods import METHODS
 
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(sorted(METHODS))}")
-        accepted = set(inspect.signature(METHODS[self.method].__init__).parameters) - {"self", "encoder", "augment"}
-        unknown = sorted(set(self.method_args) - accepted)
-        if unknown:
-            raise ValueError(
-                f"method_args {unknown} are not arguments of {self.method}; it takes {', '.join(sorted(accepted))}"
-            )
+        backbones = METHODS[self.method].backbones
+        if backbones and self.backbone not in backbones:
+            raise ValueError(f"{self.method} needs backbone {' or '.join(backbones)} (got {self.backbone}): "
+                             f"set pretrain.backbone={backbones[0]}")
+        for name, kwargs in self.method_args.items():
+            if name not in METHODS:
+                raise ValueError(f"method_args.{name}: not a method; the keys of method_args are method names "
+                                 f"({', '.join(sorted(METHODS))}), each holding that method's arguments")
+            if not isinstance(kwargs, dict):
+                raise ValueError(f"method_args.{name}: expected a mapping of {name}'s arguments, got {kwargs!r}")
+            accepted = set(inspect.signature(METHODS[name].__init__).parameters) - {"self", "encoder", "augment"}
+            unknown = sorted(set(kwargs) - accepted)
+            if unknown:
+                raise ValueError(f"method_args.{name}: {unknown} are not arguments of {name}; "
+                                 f"it takes {', '.join(sorted(accepted))}")
         return self
+
+    @property
+    def args(self) -> dict[str, Any]:
+        """The chosen method's arguments."""
+        return self.method_args.get(self.method, {})
 
 
 # ----------------------------------------------------------------------------------------- tune

@@ -51,8 +51,9 @@ def build_method(cfg: PretrainParams, train_images: torch.Tensor):
     std = x.std(dim=(0, 2, 3)).clamp(min=1e-3).tolist()
     spec = encoder_spec(cfg.backbone, int(train_images.shape[1]), cfg.width, mean, std)
     torch.manual_seed(cfg.seed)
-    augment = ViewAugment(**cfg.augment.model_dump())
-    return method_class(cfg.method)(build_encoder(spec), augment, **cfg.method_args), spec
+    cls = method_class(cfg.method)
+    augment = ViewAugment(**{**cls.default_augment, **cfg.augment.overrides()})
+    return cls(build_encoder(spec), augment, **cfg.args), spec
 
 
 def knn_monitor(data: Dataset, n: int, seed: int, k: int = 20):

@@ -10,6 +10,7 @@ from ssl_models.backbones.small_cnn import SmallCNN
 from ssl_models.backbones.vit import VisionTransformer, vit_tiny
 
 BACKBONES = ("small_cnn", "resnet18", "vit_tiny")
+VIT_BACKBONES = ("vit_tiny",)  # Vision Transformers (token inputs: what MAE needs)
 
 
 def build_backbone(name: str, in_channels: int, width: int = 32) -> nn.Module:
@@ -30,4 +31,4 @@ def build_backbone(name: str, in_channels: int, width: int = 32) -> nn.Module:
     raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
 
 
-__all__ = ["BACKBONES", "Encoder", "SmallCNN", "VisionTransformer", "build_backbone", "resnet18_small", "vit_tiny"]
+__all__ = ["BACKBONES", "VIT_BACKBONES", "Encoder", "SmallCNN", "VisionTransformer", "build_backbone", "resnet18_small", "vit_tiny"]

@@ -25,6 +25,8 @@ class BarlowTwins(SSLMethod):
     """
 
     name = "barlowtwins"
+    # paper: LARS lr 0.2 x batch/256; without LARS its large loss trains best with AdamW
+    optim = {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 1e-4}
 
     def __init__(
         self,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -29,15 +29,22 @@ class SSLMethod(nn.Module):
 
     Args:
         encoder: normalization + backbone; its weights are what pretraining produces.
-        augment: the view generator.
+        augment: the view generator (default: ``ViewAugment(**default_augment)``).
     """
 
     name: ClassVar[str] = ""
+    #: ``ViewAugment`` arguments of the method's own views (its paper's); empty: SimCLR's views
+    default_augment: ClassVar[dict[str, Any]] = {}
+    #: the backbones (``ssl_models.backbones`` names) the method works with; None: any
+    backbones: ClassVar[tuple[str, ...] | None] = None
+    #: how it trains unless told otherwise: ``TrainConfig``'s optimizer, lr (for batch 256) and
+    #: weight_decay, for small images and short schedules (each method says where its values come from)
+    optim: ClassVar[dict[str, Any]] = {"optimizer": "sgd", "lr": 0.3, "weight_decay": 5e-4}
 
     def __init__(self, encoder: Encoder, augment: ViewAugment | None = None) -> None:
         super().__init__()
         self.encoder = encoder
-        self.augment = augment or ViewAugment()
+        self.augment = augment or ViewAugment(**self.default_augment)
 
     def views(self, images: Tensor, generator: torch.Generator | None = None) -> list[Tensor]:
         """Two random views of each image: (N, C, H, W) uint8 -> [(N, C, H', W')] * 2 float."""

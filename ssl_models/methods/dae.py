@@ -36,6 +36,9 @@ class DAE(SSLMethod):
     """
 
     name = "dae"
+    # Adam, the usual autoencoder optimizer
+    optim = {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.05}
+    default_augment = {"jitter_strength": 0.0, "grayscale_p": 0.0}  # crop and flip only
 
     def __init__(
         self,
@@ -45,7 +48,7 @@ class DAE(SSLMethod):
         noise_std: float = 0.1,
         decoder_width: int = 64,
     ) -> None:
-        super().__init__(encoder, augment or ViewAugment(jitter_strength=0.0, grayscale_p=0.0))
+        super().__init__(encoder, augment)
         self.mask_ratio = mask_ratio
         self.noise_std = noise_std
         self.decoder = ConvDecoder(encoder.out_dim, encoder.mean.shape[1], decoder_width)

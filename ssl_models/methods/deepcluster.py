@@ -57,6 +57,8 @@ class DeepCluster(SSLMethod):
     """
 
     name = "deepcluster"
+    # paper: SGD lr 0.05, wd 1e-5; diverges with SGD 0.3
+    optim = {"optimizer": "sgd", "lr": 0.06, "weight_decay": 5e-4}
 
     def __init__(
         self,

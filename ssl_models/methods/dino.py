@@ -35,6 +35,8 @@ class DINO(SSLMethod):
     """
 
     name = "dino"
+    # paper: AdamW lr 5e-4 x batch/256, wd 0.04-0.4 (ViTs); SGD suits the small CNN
+    optim = {"optimizer": "sgd", "lr": 0.06, "weight_decay": 5e-4}
 
     def __init__(
         self,

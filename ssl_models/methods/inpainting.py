@@ -42,6 +42,9 @@ class Inpainting(SSLMethod):
     """
 
     name = "inpainting"
+    # paper: Adam lr 2e-4 (with a GAN loss); 1e-3 for short runs
+    optim = {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.05}
+    default_augment = {"jitter_strength": 0.0, "grayscale_p": 0.0}  # crop and flip only
 
     def __init__(
         self,
@@ -50,7 +53,7 @@ class Inpainting(SSLMethod):
         mask_fraction: float = 0.5,
         decoder_width: int = 64,
     ) -> None:
-        super().__init__(encoder, augment or ViewAugment(jitter_strength=0.0, grayscale_p=0.0))
+        super().__init__(encoder, augment)
         self.mask_fraction = mask_fraction
         self.decoder = ConvDecoder(encoder.out_dim, encoder.mean.shape[1], decoder_width)
 

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from ssl_models.augment import ViewAugment
-from ssl_models.backbones import Encoder
+from ssl_models.backbones import VIT_BACKBONES, Encoder
 from ssl_models.backbones.vit import VisionTransformer
 from ssl_models.heads import MAEDecoder
 from ssl_models.methods.base import SSLMethod, SSLOutput
@@ -34,6 +34,10 @@ class MAE(SSLMethod):
     """
 
     name = "mae"
+    # paper: AdamW lr 1.5e-4 x batch/256, wd 0.05, for 800+ epochs; 1e-3 for short runs
+    optim = {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.05}
+    backbones = VIT_BACKBONES
+    default_augment = {"jitter_strength": 0.0, "grayscale_p": 0.0}  # crop and flip only
 
     def __init__(
         self,
@@ -49,7 +53,7 @@ class MAE(SSLMethod):
             raise ValueError(
                 f"MAE needs a Vision Transformer backbone (backbone: vit_tiny), got {type(encoder.backbone).__name__}"
             )
-        super().__init__(encoder, augment or ViewAugment(jitter_strength=0.0, grayscale_p=0.0))
+        super().__init__(encoder, augment)
         self.mask_ratio = mask_ratio
         self.norm_pix_loss = norm_pix_loss
         vit = encoder.backbone

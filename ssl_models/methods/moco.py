@@ -33,6 +33,8 @@ class MoCo(SSLMethod):
     """
 
     name = "moco"
+    # paper: SGD lr 0.03, wd 1e-4 for 200 ImageNet epochs; 0.3 as SimCLR for short runs
+    optim = {"optimizer": "sgd", "lr": 0.3, "weight_decay": 5e-4}
 
     def __init__(
         self,

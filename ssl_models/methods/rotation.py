@@ -40,6 +40,8 @@ class RotNet(SSLMethod):
     """
 
     name = "rotation"
+    # paper: SGD lr 0.1, wd 5e-4
+    optim = {"optimizer": "sgd", "lr": 0.06, "weight_decay": 5e-4}
 
     def __init__(self, encoder: Encoder, augment: ViewAugment | None = None, hidden_dim: int = 256) -> None:
         super().__init__(encoder, augment)

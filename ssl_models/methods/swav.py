@@ -33,6 +33,8 @@ class SwAV(SSLMethod):
     """
 
     name = "swav"
+    # paper: LARS lr 0.6 x batch/256; SGD 0.06 for short runs
+    optim = {"optimizer": "sgd", "lr": 0.06, "weight_decay": 5e-4}
 
     def __init__(
         self,

@@ -25,6 +25,8 @@ class VICReg(SSLMethod):
     """
 
     name = "vicreg"
+    # paper: LARS lr 0.2 x batch/256; its large loss diverges with SGD 0.3
+    optim = {"optimizer": "sgd", "lr": 0.06, "weight_decay": 5e-4}
 
     def __init__(
         self,

@@ -26,6 +26,7 @@ def test_deployments_have_schedule_and_parameter_schema(served):
     for name in ("method", "epochs", "label_fractions", "tune_trials", "overrides"):
         assert name in props, name
     assert "object" in json.dumps(props["overrides"])  # a {"section.key": value} mapping, edited as JSON
+    assert '"simclr", "moco", "byol"' in json.dumps(props["method"])  # a drop-down of the methods
     assert not pipeline.schedules
     cfg = load_params(project / "params.yaml").retrain
     assert [(s.schedule.cron, s.schedule.timezone, s.active) for s in retrain.schedules] == [(cfg.cron, cfg.timezone, True)]

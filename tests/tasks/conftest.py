@@ -43,7 +43,7 @@ def ingest_params(fashion_dir: Path, **kw) -> IngestParams:
 
 
 def tiny_pretrain_params(**kw) -> PretrainParams:
-    base = dict(method="simclr", method_args={"hidden_dim": 32, "out_dim": 16, "temperature": 0.2}, width=4,
+    base = dict(method="simclr", method_args={"simclr": {"hidden_dim": 32, "out_dim": 16, "temperature": 0.2}}, width=4,
                 epochs=1, batch_size=32, lr=0.3, knn_monitor_images=40, precision="fp32", channels_last=False,
                 device="cpu", checkpoint_every=2)
     return PretrainParams(**{**base, **kw})

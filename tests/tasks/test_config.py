@@ -45,13 +45,13 @@ def test_project_params_load() -> None:
     assert params.pretrain.epochs == raw["pretrain"]["epochs"]
     assert params.validate_.class_balance_tolerance == raw["validate"]["class_balance_tolerance"]
     assert params.register_.model_name == raw["register"]["model_name"]
-    assert list(params.pretrain.augment.crop_scale) == raw["pretrain"]["augment"]["crop_scale"]
+    assert params.pretrain.augment.overrides() == {k: v for k, v in raw["pretrain"]["augment"].items() if v is not None}
     # every key of the file is a field: dumping gives back the file's values
     assert params.to_dict() == Params.model_validate(raw).to_dict()
     dumped = params.to_dict()
     for section, values in raw.items():
         for key, value in values.items():
-            if not isinstance(value, dict):
+            if not isinstance(value, dict) and value is not None:  # null: filled in (e.g. the method's lr)
                 assert dumped[section][key] == value, (section, key)
     assert set(STAGES) <= set(raw)  # a section for every stage
 
@@ -133,6 +133,15 @@ def test_not_yaml_or_not_mapping(tmp_path: Path) -> None:
         load_params(bad)
 
 
+def test_method_names_match_the_registry() -> None:
+    from typing import get_args
+
+    from ssl_models.methods import METHODS
+    from tasks.config import MethodName
+
+    assert list(get_args(MethodName)) == list(METHODS)
+
+
 def test_unknown_method_lists_methods(params_file: Path) -> None:
     from ssl_models.methods import METHODS
 
@@ -146,14 +155,47 @@ def test_unknown_method_lists_methods(params_file: Path) -> None:
 
 
 def test_method_args_unknown_argument(params_file: Path) -> None:
-    edit(params_file, "pretrain", "method_args", {"temperature": 0.1, "temprature": 0.1})
+    edit(params_file, "pretrain", "method_args", {"simclr": {"temperature": 0.1, "temprature": 0.1}})
     with pytest.raises(ParamsError) as e:
         load_params(params_file)
     message = str(e.value)
-    assert "temprature" in message and "simclr" in message
+    assert "method_args.simclr" in message and "temprature" in message
     assert "temperature" in message.split("takes", 1)[1]  # lists what it accepts
-    edit(params_file, "pretrain", "method_args", {"temperature": 0.1, "hidden_dim": 64})
-    assert load_params(params_file).pretrain.method_args == {"temperature": 0.1, "hidden_dim": 64}
+    edit(params_file, "pretrain", "method_args", {"simclr": {"temperature": 0.1, "hidden_dim": 64}})
+    assert load_params(params_file).pretrain.args == {"temperature": 0.1, "hidden_dim": 64}
+
+
+def test_method_args_keys_are_methods(params_file: Path) -> None:
+    edit(params_file, "pretrain", "method_args", {"temperature": 0.1})  # the flat form: not a method name
+    with pytest.raises(ParamsError, match=r"method_args\.temperature: not a method.*simclr"):
+        load_params(params_file)
+
+
+def test_method_args_of_other_methods_are_kept_but_unused(params_file: Path) -> None:
+    """Switching methods is one key: each method's arguments wait under its own name."""
+    edit(params_file, "pretrain", "method_args", {"simclr": {"temperature": 0.1}, "byol": {"momentum_base": 0.99}})
+    params = load_params(params_file, ["pretrain.method=byol"])
+    assert params.pretrain.args == {"momentum_base": 0.99}
+    assert load_params(params_file, ["pretrain.method=vicreg"]).pretrain.args == {}
+    edit(params_file, "pretrain", "method_args", {"byol": {"temperature": 0.1}})  # checked even when not chosen
+    with pytest.raises(ParamsError, match=r"method_args\.byol: \['temperature'\]"):
+        load_params(params_file)
+
+
+def test_unset_optimizer_is_the_methods(params_file: Path) -> None:
+    from ssl_models.methods import METHODS
+
+    for method in ("simclr", "dino"):
+        params = load_params(params_file, [f"pretrain.method={method}"]).pretrain
+        assert {k: getattr(params, k) for k in METHODS[method].optim} == METHODS[method].optim
+    params = load_params(params_file, ["pretrain.method=dino", "pretrain.lr=0.01"]).pretrain
+    assert params.lr == 0.01 and params.optimizer == METHODS["dino"].optim["optimizer"]
+
+
+def test_method_backbone_mismatch_names_the_fix(params_file: Path) -> None:
+    with pytest.raises(ParamsError, match="mae needs backbone vit_tiny.*pretrain.backbone=vit_tiny"):
+        load_params(params_file, ["pretrain.method=mae"])
+    assert load_params(params_file, ["pretrain.method=mae", "pretrain.backbone=vit_tiny"]).pretrain.args == {"mask_ratio": 0.75}
 
 
 # ------------------------------------------------------------------------------------- overrides
@@ -188,11 +230,11 @@ def test_parse_override_malformed(text: str) -> None:
 def test_overrides_applied_and_validated(params_file: Path) -> None:
     params = load_params(params_file, ["pretrain.epochs=2", "pretrain.augment.flip_p=0.0",
                                        "finetune.label_fractions=[0.5, 0.05]", "pretrain.grad_clip=1.5",
-                                       "ingest.limit_train=null", "pretrain.method_args.temperature=0.3"])
+                                       "ingest.limit_train=null", "pretrain.method_args.simclr.temperature=0.3"])
     assert params.pretrain.epochs == 2 and params.pretrain.augment.flip_p == 0.0
     assert params.finetune.label_fractions == [0.05, 0.5]  # sorted
     assert params.pretrain.grad_clip == 1.5 and params.ingest.limit_train is None
-    assert params.pretrain.method_args["temperature"] == 0.3
+    assert params.pretrain.args["temperature"] == 0.3
     assert params_file.read_text() == PROJECT_PARAMS.read_text()
 
 
