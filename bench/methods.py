@@ -2,7 +2,7 @@
 features, next to a random-init encoder of the same architecture, and wall time.
 
 For each method: a fresh encoder (``small_cnn`` width 32; ``vit_tiny`` for MAE) and the method
-with its default arguments, trained by ``ssl_models.engine.train`` on the 60k train images (labels
+with its default arguments and its own optimizer (``SSLMethod.optim``, as the pipeline), trained by ``ssl_models.engine.train`` on the 60k train images (labels
 unused) for a fixed number of steps. With ``--seconds S`` (default) the step count is calibrated
 per method: a throwaway copy runs 4 steps, and the run gets ``S / seconds-per-step`` steps, so each
 method gets about ``S`` seconds of pretraining (DeepCluster's per-epoch clustering of the whole
@@ -11,7 +11,7 @@ images instead. Epochs are ``--epoch-images`` long (DeepCluster re-clusters at e
 frozen features: kNN top-1 (k=20, cosine, T=0.07, bank = 60k train, queries = 10k test) and a
 linear probe (L-BFGS softmax regression on the 60k train features, scored on test).
 
-    .venv/bin/python bench/methods.py                       # 14 methods x (60 s + eval): ~25 min on 2 cores
+    .venv/bin/python bench/methods.py --bank-images 10000   # 14 methods x (240 s + eval): ~65 min on 2 cores
     .venv/bin/python bench/methods.py --seconds 20 --methods simclr byol mae
 """
 
@@ -32,7 +32,6 @@ from ssl_models.engine import TrainConfig, train
 from ssl_models.evaluation import extract_features, knn_top1, linear_probe
 from ssl_models.methods import METHODS
 
-VIT_METHODS = {"mae"}  # methods that need a Vision Transformer
 
 
 @dataclass
@@ -45,6 +44,7 @@ class Scores:
 class Row:
     method: str
     backbone: str
+    optim: str
     steps: int
     images_seen: int
     train_s: float
@@ -54,7 +54,8 @@ class Row:
 
 
 def backbone_for(method: str) -> str:
-    return "vit_tiny" if method in VIT_METHODS else "small_cnn"
+    backbones = METHODS[method].backbones  # MAE: a ViT
+    return backbones[0] if backbones else "small_cnn"
 
 
 def config_for(method: str, steps: int, args: argparse.Namespace, pool: int) -> TrainConfig:
@@ -62,11 +63,9 @@ def config_for(method: str, steps: int, args: argparse.Namespace, pool: int) -> 
     per_epoch_steps = max(1, min(args.epoch_images, pool) // args.batch_size)
     epochs = max(1, math.ceil(steps / per_epoch_steps))
     per_epoch_steps = math.ceil(steps / epochs)
-    common = dict(epochs=epochs, batch_size=args.batch_size, images_per_epoch=per_epoch_steps * args.batch_size,
-                  warmup_epochs=0.1 * epochs, seed=args.seed, device="cpu", compile=False, checkpoint_every=10**9)
-    if method in VIT_METHODS:  # ViTs want AdamW (MAE paper: AdamW, wd 0.05; a higher lr suits short runs)
-        return TrainConfig(optimizer="adamw", lr=args.vit_lr, weight_decay=0.05, **common)
-    return TrainConfig(optimizer="sgd", lr=args.lr, **common)
+    return TrainConfig(epochs=epochs, batch_size=args.batch_size, images_per_epoch=per_epoch_steps * args.batch_size,
+                       warmup_epochs=0.1 * epochs, seed=args.seed, device="cpu", compile=False,
+                       checkpoint_every=10**9, **METHODS[method].optim)
 
 
 def make_method(name: str, images: torch.Tensor, seed: int):
@@ -101,12 +100,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS), help="default: all 14")
     budget = p.add_mutually_exclusive_group()
-    budget.add_argument("--seconds", type=float, default=60.0, help="pretraining seconds per method (default 60)")
+    budget.add_argument("--seconds", type=float, default=240.0, help="pretraining seconds per method (default 240)")
     budget.add_argument("--images", type=int, default=None, help="instead: pretraining images per method (same for all)")
     p.add_argument("--batch-size", type=int, default=256, help="images per step (default 256)")
     p.add_argument("--epoch-images", type=int, default=10240, help="images per epoch (default 10240)")
-    p.add_argument("--lr", type=float, default=0.3, help="SGD peak lr for batch 256, CNN methods (default 0.3)")
-    p.add_argument("--vit-lr", type=float, default=1e-3, help="AdamW peak lr for batch 256, MAE on vit_tiny (default 1e-3)")
     p.add_argument("--bank-images", type=int, default=60000,
                    help="train images whose features form the kNN bank and fit the linear probe (default: all 60000)")
     p.add_argument("--seed", type=int, default=0)
@@ -121,8 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"budget:      {f'{args.seconds:g} s of pretraining per method (calibrated steps)' if args.images is None else f'{args.images} images per method'}"
           f", batch {args.batch_size}, epochs of {args.epoch_images} images, pool = {len(pool)} train images (labels unused)")
     print(f"training:    ssl_models.engine.train, precision {autocast_dtype(device, 'auto') or 'fp32'}, channels_last "
-          f"{use_channels_last(device)}, no compile; SGD lr {args.lr} (CNNs), AdamW lr {args.vit_lr} wd 0.05 (ViT); "
-          "warmup 10 % + cosine; method arguments: defaults")
+          f"{use_channels_last(device)}, no compile; warmup 10 % + cosine; each method's own optimizer, lr and "
+          "weight decay (SSLMethod.optim, as in the pipeline) and default arguments")
     print(f"eval:        frozen encoder features; kNN k=20 cosine T=0.07 and a linear probe (L-BFGS, 200 it.), "
           f"bank / probe fit on the first {min(args.bank_images, len(pool))} train images, scored on the 10k test images")
     print()
@@ -143,20 +140,25 @@ def main(argv: list[str] | None = None) -> int:
         method = make_method(name, pool, args.seed)
         cfg = config_for(name, steps, args, len(pool))
         t0 = time.perf_counter()
-        result = train(method, pool, cfg, progress=False)
+        try:
+            result = train(method, pool, cfg, progress=False)
+        except FloatingPointError as e:  # diverged: report it and go on with the next method
+            print(f"  {name:12s} diverged: {e}", flush=True)
+            continue
         train_s = time.perf_counter() - t0
         scores = evaluate(method.encoder, data, args.bank_images)
         loss = result.history[-1]["loss"] if result.history else float("nan")
-        rows.append(Row(name, backbone, result.steps, result.steps * args.batch_size, train_s, scores, random_init[backbone], loss))
+        optim = "{optimizer} lr {lr:g} wd {weight_decay:g}".format(**METHODS[name].optim)
+        rows.append(Row(name, backbone, optim, result.steps, result.steps * args.batch_size, train_s, scores, random_init[backbone], loss))
         print(f"  {name:12s} {backbone:9s} {result.steps:4d} steps ({step_s:.2f} s/step calibrated), {train_s:5.0f} s, "
               f"kNN {scores.knn:.4f}, linear {scores.linear:.4f}, loss {loss:.3f} (load {load_average()})", flush=True)
 
     print()
-    print("| method | backbone | images seen | wall s | kNN | kNN random-init | linear | linear random-init |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    print("| method | backbone | optimizer | images seen | wall s | kNN | kNN random-init | linear | linear random-init |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         flag = "" if r.scores.knn > r.random_init.knn else " (not above random-init)"
-        print(f"| {r.method} | {r.backbone} | {r.images_seen:,} | {r.train_s:.0f} | {r.scores.knn:.4f}{flag} | "
+        print(f"| {r.method} | {r.backbone} | {r.optim} | {r.images_seen:,} | {r.train_s:.0f} | {r.scores.knn:.4f}{flag} | "
               f"{r.random_init.knn:.4f} | {r.scores.linear:.4f} | {r.random_init.linear:.4f} |")
     print(f"\nwall s: pretraining only (evaluation excluded). load avg at end: {load_average()}")
     return 0
