@@ -139,7 +139,7 @@ def run_sslpipe(method_name: str, images: torch.Tensor, args: argparse.Namespace
     if method_name == "simclr":
         method = SimCLR(encoder, hidden_dim=HIDDEN, out_dim=OUT, temperature=TEMPERATURE)
     else:
-        method = BYOL(encoder, hidden_dim=HIDDEN, out_dim=OUT)
+        method = BYOL(encoder, hidden_dim=HIDDEN, out_dim=OUT, momentum_base=0.996)  # as the lightly loop below
     t0 = time.perf_counter()
     result = train(method, images, cfg_for(args), progress=False)
     wall = time.perf_counter() - t0
