@@ -70,6 +70,14 @@ def view_grid(originals: torch.Tensor, views: Sequence[torch.Tensor], title: str
     return fig
 
 
+def log(fig: Figure, artifact_file: str) -> None:
+    """Log to the active MLflow run and close."""
+    import mlflow
+
+    mlflow.log_figure(fig, artifact_file)
+    plt.close(fig)
+
+
 def save(fig: Figure, path) -> None:
     """Save atomically and close."""
     from tasks.io import atomic_path

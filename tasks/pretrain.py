@@ -83,7 +83,7 @@ def pretrain(cfg: PretrainParams, progress: bool = True, log_mlflow: bool = True
     if log_mlflow:
         import mlflow
 
-        mlflow.log_figure(augment_preview(method, images[:8], cfg.seed), "plots/augment_preview.png")
+        plots.log(augment_preview(method, images[:8], cfg.seed), "plots/augment_preview.png")
     steps_log: list[tuple[int, float]] = []
     pending: list[Any] = []  # MLflow metrics, sent in batches: one call per step would cost ~10 ms
 
@@ -131,7 +131,7 @@ def pretrain(cfg: PretrainParams, progress: bool = True, log_mlflow: bool = True
     if mlflow:
         mlflow.log_metrics({"pretrain/images_per_sec_mean": result.images_per_sec})
         if steps_log:
-            mlflow.log_figure(plots.loss_curve(*zip(*steps_log)), "plots/pretrain_loss.png")
+            plots.log(plots.loss_curve(*zip(*steps_log)), "plots/pretrain_loss.png")
     return out
 
 
