@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import statistics
 import time
 from pathlib import Path
 
@@ -53,29 +54,43 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-@torch.no_grad()
-def matmul_gflops(dtype: torch.dtype, device: torch.device, n: int = 2048, seconds: float = 1.5) -> float:
-    """Best-of-runs GFLOP/s of an ``n x n`` matmul in ``dtype``: the practical compute ceiling.
+class MatmulProbe:
+    """Times ``n x n`` matmuls in ``dtype``: the practical compute ceiling, sampled as you go.
+
+    The ceiling is the median of the samples, not the best one: this machine's speed drifts (a bf16
+    2048 x 2048 product ranges over 480-930 GFLOP/s within minutes), so a benchmark takes one
+    sample next to each of its own timed steps and compares medians with medians.
 
     Args:
         dtype: torch.float32 or torch.bfloat16 (what the step computes its convolutions in).
         device: where to measure.
         n: matrix side.
-        seconds: measuring time (after one warm-up product).
     """
-    a = torch.randn(n, n, device=device).to(dtype)
-    b = torch.randn(n, n, device=device).to(dtype)
-    a @ b  # warm-up: oneDNN/cuBLAS kernel selection
-    sync(device)
-    best, deadline = 0.0, time.perf_counter() + seconds
-    reps = 1 if device.type == "cpu" else 20
-    while time.perf_counter() < deadline:
+
+    def __init__(self, dtype: torch.dtype, device: torch.device, n: int = 2048) -> None:
+        self.a = torch.randn(n, n, device=device).to(dtype)
+        self.b = torch.randn(n, n, device=device).to(dtype)
+        self.device, self.n = device, n
+        self.reps = 1 if device.type == "cpu" else 20  # a GPU product is too short to time alone
+        self.samples: list[float] = []
+        self.sample()  # warm-up: oneDNN/cuBLAS kernel selection
+        self.samples.clear()
+
+    @torch.no_grad()
+    def sample(self) -> float:
+        """Time one product (``reps`` on a GPU); record and return its GFLOP/s."""
+        sync(self.device)
         t0 = time.perf_counter()
-        for _ in range(reps):
-            a @ b
-        sync(device)
-        best = max(best, reps * 2 * n**3 / (time.perf_counter() - t0) / 1e9)
-    return best
+        for _ in range(self.reps):
+            self.a @ self.b
+        sync(self.device)
+        gflops = self.reps * 2 * self.n**3 / (time.perf_counter() - t0) / 1e9
+        self.samples.append(gflops)
+        return gflops
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.samples)
 
 
 def pool_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:

@@ -4,8 +4,9 @@ A step is what the engine does per batch: batched views on the device -> forward
 backward -> SGD step. For each precision (fp32; bf16 autocast + channels_last), eager and
 optionally torch.compile'd, it prints views/s, the step's FLOPs (counted with
 ``torch.utils.flop_counter.FlopCounterMode``: convolutions and matmuls, forward + backward), the
-achieved GFLOP/s, and that as a share of an ``n x n`` matmul's GFLOP/s at the same precision,
-measured in the same run.
+achieved GFLOP/s, and that as a share of an ``n x n`` matmul's GFLOP/s at the same precision:
+one product is timed after every timed step, and the share compares the median step with the
+median product, so both see the same machine (this one's speed drifts by up to 2x over minutes).
 
     .venv/bin/python bench/throughput.py                       # CPU, small CNN, 28x28
     .venv/bin/python bench/throughput.py --compile             # + torch.compile rows (~1 min to compile each)
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from _common import build_encoder, matmul_gflops, setup_lines, sync
+from _common import MatmulProbe, build_encoder, load_average, setup_lines, sync
 from ssl_models.device import autocast
 from ssl_models.engine import TrainConfig, build_optimizer
 from ssl_models.methods import SimCLR
@@ -41,7 +42,8 @@ class Row:
     step_ms: float
     gflop_per_step: float
     gflops: float
-    ceiling_gflops: float
+    ceiling_gflops: float  # median of the matmul samples
+    best_ceiling_gflops: float
     first_step_s: float
 
     @property
@@ -108,6 +110,7 @@ def measure(args: argparse.Namespace, device: torch.device, precision: str, comp
     first = time.perf_counter() - t0
     for _ in range(args.warmup):
         step(batch)
+    probe = MatmulProbe(dtype or torch.float32, device, matmul_n)
     times: list[float] = []
     deadline = time.perf_counter() + args.seconds
     while len(times) < args.min_steps or time.perf_counter() < deadline:
@@ -115,12 +118,11 @@ def measure(args: argparse.Namespace, device: torch.device, precision: str, comp
         step(batch)
         sync(device)
         times.append(time.perf_counter() - t0)
+        probe.sample()  # the ceiling, interleaved with the steps
     step_s = statistics.median(times)
     views = 2 * args.batch_size
-    # the ceiling right after the steps, at the step's precision, so both see the same machine load
-    ceiling = matmul_gflops(dtype or torch.float32, device, matmul_n)
     return Row(precision, channels_last, compiled, views / step_s, views / min(times), 1e3 * step_s, flops / 1e9,
-               flops / step_s / 1e9, ceiling, first)
+               flops / step_s / 1e9, probe.median, max(probe.samples), first)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -163,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"compile:     {'eager and torch.compile' if args.compile else 'eager only (--compile adds compiled rows)'}")
     print(f"timing:      median step over >= {args.seconds:g} s / {args.min_steps} steps after {1 + args.warmup} warm-up steps")
 
-    print(f"ceiling:     best {n}x{n} matmul GFLOP/s at the row's precision, measured right after its steps")
+    print(f"ceiling:     {n}x{n} matmul GFLOP/s at the row's precision, one product timed after each timed step;")
+    print("             share = median step GFLOP/s / median matmul GFLOP/s")
     print()
 
     rows = []
@@ -174,14 +177,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  measured {precision}{' compiled' if compiled else ''}: {row.views_per_s:,.0f} views/s", flush=True)
 
     print()
-    print("| precision | channels_last | compile | views/s (median step) | views/s (best step) | step ms | GFLOP/step | GFLOP/s | matmul ceiling GFLOP/s | share of ceiling | first step s |")
+    print("| precision | channels_last | compile | views/s (median step) | views/s (best step) | step ms | GFLOP/step | GFLOP/s | matmul GFLOP/s (median / best) | share of ceiling | first step s |")
     print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r.precision} | {'yes' if r.channels_last else 'no'} | {'yes' if r.compiled else 'no'} | "
               f"{r.views_per_s:,.0f} | {r.best_views_per_s:,.0f} | {r.step_ms:.0f} | {r.gflop_per_step:.1f} | {r.gflops:.0f} | "
-              f"{r.ceiling_gflops:.0f} | {100 * r.share:.0f} % | {r.first_step_s:.1f} |")
-    from _common import load_average
-
+              f"{r.ceiling_gflops:.0f} / {r.best_ceiling_gflops:.0f} | {100 * r.share:.0f} % | {r.first_step_s:.1f} |")
     print(f"\nload avg at end: {load_average()}")
     print("FLOPs: conv + matmul, forward + backward (FlopCounterMode); views, BatchNorm, ReLU and the "
           "optimizer are not counted but are in the step time.")
