@@ -130,21 +130,20 @@ class SwAVPrototypes(nn.Module):
 class DINOProjectionHead(nn.Module):
     """DINO's head (Caron et al., 2021): 3-layer GELU MLP to a bottleneck, L2 normalization, then a
     weight-normalized linear layer with its norm fixed to 1 (paper: 2048 hidden, 256 bottleneck,
-    65536 out).
+    65536 out). ``use_bn`` puts BatchNorm after the hidden layers, as DINO's ``--use_bn_in_head``.
 
     Shapes:
         (N, in_dim) -> (N, out_dim)
     """
 
-    def __init__(self, in_dim: int, hidden_dim: int = 512, bottleneck_dim: int = 128, out_dim: int = 1024) -> None:
+    def __init__(self, in_dim: int, hidden_dim: int = 512, bottleneck_dim: int = 128, out_dim: int = 1024,
+                 use_bn: bool = False) -> None:
         super().__init__()
-        self.mlp = nn.Sequential(
-            nn.Linear(in_dim, hidden_dim),
-            nn.GELU(),
-            nn.Linear(hidden_dim, hidden_dim),
-            nn.GELU(),
-            nn.Linear(hidden_dim, bottleneck_dim),
-        )
+
+        def hidden(d_in: int) -> list[nn.Module]:
+            return [nn.Linear(d_in, hidden_dim), *([nn.BatchNorm1d(hidden_dim)] if use_bn else []), nn.GELU()]
+
+        self.mlp = nn.Sequential(*hidden(in_dim), *hidden(hidden_dim), nn.Linear(hidden_dim, bottleneck_dim))
         self.last_layer = nn.Linear(bottleneck_dim, out_dim, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
