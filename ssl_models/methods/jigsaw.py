@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 import torch.nn.functional as F
@@ -82,13 +83,19 @@ def random_tiles(
 
 
 class Jigsaw(SSLMethod):
-    """Shuffle the 9 tiles of an image by one of a fixed set of permutations; a shared encoder embeds
-    each tile, and an MLP on the concatenated embeddings classifies the permutation.
+    """Shuffle the ``grid`` x ``grid`` tiles of an image by one of a fixed set of permutations; a
+    shared encoder embeds each tile, and an MLP on the concatenated embeddings classifies the
+    permutation.
 
     Args:
         encoder: normalization + backbone (it sees tiles: about a quarter of the image side).
         augment: the view generator (one view per image).
-        n_permutations: size of the permutation set (paper: 1000; it reports 100 close behind).
+        grid: tiles per side. The paper's 3 x 3 is for 225-px images (64-px tiles); on 28-px
+            images it leaves 7-px tiles, too small for what the encoder learns to carry over to
+            whole images (kNN 0.7446 after 90 s, vs 0.7876 with 2 x 2 and its 10-px tiles;
+            random-init 0.7445). Set 3 for images of ~64 px and more.
+        n_permutations: size of the permutation set (paper: 1000 of 9!; it reports 100 close
+            behind). Default: 100, or all ``(grid * grid)!`` when there are fewer (24 for 2 x 2).
         tile_fraction: tile side as a fraction of its cell (paper: 64 / 85).
         hidden_dim: hidden width of the classifier (the paper's fc7: 4096).
     """
@@ -96,32 +103,34 @@ class Jigsaw(SSLMethod):
     name = "jigsaw"
     # paper: SGD lr 0.01; 0.06 for short runs
     optim = {"optimizer": "sgd", "lr": 0.06, "weight_decay": 5e-4}
-    grid = 3
 
     def __init__(
         self,
         encoder: Encoder,
         augment: ViewAugment | None = None,
-        n_permutations: int = 100,
+        grid: int = 2,
+        n_permutations: int | None = None,
         tile_fraction: float = 0.75,
         hidden_dim: int = 512,
     ) -> None:
         super().__init__(encoder, augment)
-        self.tile_fraction = tile_fraction
+        self.grid, self.tile_fraction = grid, tile_fraction
+        if n_permutations is None:
+            n_permutations = min(100, math.factorial(grid * grid))
         self.register_buffer("permutations", jigsaw_permutations(n_permutations, self.grid**2).clone())
         self.classifier = ProjectionHead(self.grid**2 * encoder.out_dim, hidden_dim, n_permutations, num_layers=2)
 
     def views(self, images: Tensor, generator: torch.Generator | None = None) -> list[Tensor]:
-        """The 9 tiles of one view of each image, in order: 9 tensors (N, C, t, t)."""
+        """The tiles of one view of each image, in row-major order: ``grid**2`` tensors (N, C, t, t)."""
         tiles = random_tiles(self.augment(images, generator), self.grid, self.tile_fraction, generator)
         return [tile.contiguous() for tile in tiles.unbind(1)]
 
     def forward(self, views: list[Tensor]) -> SSLOutput:
-        tiles = torch.stack(views, dim=1)  # (N, 9, C, t, t)
+        tiles = torch.stack(views, dim=1)  # (N, k = grid**2, C, t, t)
         n, k = tiles.shape[:2]
         labels = torch.randint(self.permutations.shape[0], (n,), device=tiles.device)
-        order = self.permutations[labels]  # (N, 9): position j shows tile order[j]
+        order = self.permutations[labels]  # (N, k): position j shows tile order[j]
         shuffled = tiles.gather(1, order.view(n, k, 1, 1, 1).expand_as(tiles))
-        h = self.encoder(shuffled.flatten(0, 1)).view(n, k, -1)  # (N, 9, out_dim)
+        h = self.encoder(shuffled.flatten(0, 1)).view(n, k, -1)  # (N, k, out_dim)
         loss = F.cross_entropy(self.classifier(h.flatten(1)).float(), labels)
         return SSLOutput(loss, embedding=h.mean(1).detach())

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from ssl_models.backbones import Encoder, SmallCNN, VisionTransformer
 from ssl_models.engine import TrainConfig, _fingerprint, train
+from ssl_models.heads import DINOProjectionHead
 from ssl_models.losses import dino_teacher_temperature
 from ssl_models.methods import METHODS, SSLMethod
 from ssl_models.methods.dae import corrupt
@@ -79,9 +80,9 @@ def test_registry_names_and_signatures() -> None:
         assert cls.name == name
         params = list(inspect.signature(cls.__init__).parameters.values())
         assert [p.name for p in params[:3]] == ["self", "encoder", "augment"]
-        for p in params[3:]:  # params.yaml passes plain keyword values
+        for p in params[3:]:  # params.yaml passes plain keyword values (null: "the method decides")
             assert p.default is not inspect.Parameter.empty, (name, p.name)
-            assert isinstance(p.default, (int, float, bool, tuple)), (name, p.name)
+            assert p.default is None or isinstance(p.default, (int, float, bool, tuple)), (name, p.name)
         assert cls.__doc__ and (cls.__module__ and inspect.getmodule(cls).__doc__), name
 
 
@@ -284,7 +285,7 @@ def test_dino_teacher_temperature_schedule() -> None:
     assert dino_teacher_temperature(30, 30) == pytest.approx(0.07)
     assert dino_teacher_temperature(1000, 30) == pytest.approx(0.07)
     assert dino_teacher_temperature(0, 0) == pytest.approx(0.07)
-    method: DINO = make_method("dino", 1)  # type: ignore[assignment]
+    method: DINO = make_method("dino", 1, teacher_temp=0.07)  # type: ignore[assignment]
     assert float(method.teacher_temp) == pytest.approx(0.04)
     method.on_step_end(14, 100)  # warmup: 30 % of 100 steps
     assert float(method.teacher_temp) == pytest.approx(0.04 + 0.03 * 15 / 30)
@@ -313,6 +314,24 @@ def test_dino_accepts_a_vit_with_local_crops() -> None:
     views = method.views(tiny_images(side=16), torch.Generator().manual_seed(0))
     assert [v.shape[-1] for v in views] == [16, 16, 8, 8]
     assert torch.isfinite(method(views).loss)
+
+
+def test_dino_head_batchnorm_spreads_nearly_parallel_features() -> None:
+    """Why the head has BatchNorm by default: a random-init CNN's features are nearly parallel
+    (ReLU, then average pooling); without BatchNorm the head maps them to one point, the centred
+    teacher is uniform and DINO's loss sits at ln(out_dim)."""
+    torch.manual_seed(0)
+    x = torch.rand(1, 64) + 0.01 * torch.randn(128, 64)  # pairwise cosine ~0.99
+
+    @torch.no_grad()
+    def mean_cosine(head: DINOProjectionHead) -> float:
+        z = F.normalize(head.mlp(x), dim=-1)
+        return float((z @ z.T).mean())
+
+    assert mean_cosine(DINOProjectionHead(64, 64, 16, 32, use_bn=False)) > 0.95
+    assert mean_cosine(DINOProjectionHead(64, 64, 16, 32, use_bn=True)) < 0.5
+    method: DINO = make_method("dino", 1)  # type: ignore[assignment]
+    assert any(isinstance(m, torch.nn.BatchNorm1d) for m in method.projection_head.modules())
 
 
 # ------------------------------------------------------------------------------- DeepCluster
@@ -402,6 +421,16 @@ def test_jigsaw_permutation_set() -> None:
     assert hamming.sum() / (100 * 99) > 8.0
     assert (hamming + 10 * torch.eye(100)).min() >= 2  # no duplicates (a difference is at least a swap)
     assert torch.equal(jigsaw_permutations(100), perms)  # fixed
+
+
+def test_jigsaw_grid_sets_tiles_and_classes() -> None:
+    small: Jigsaw = make_method("jigsaw", 1)  # type: ignore[assignment]
+    assert small.permutations.shape == (24, 4)  # 2 x 2 by default: all 4! orders
+    assert len(small.views(tiny_images(), torch.Generator().manual_seed(0))) == 4
+    paper: Jigsaw = make_method("jigsaw", 1, grid=3)  # type: ignore[assignment]
+    assert paper.permutations.shape == (100, 9)
+    with pytest.raises(ValueError, match=r"\[1, 24\]"):
+        make_method("jigsaw", 1, n_permutations=100)
 
 
 def test_jigsaw_tiles_are_image_cells() -> None:
