@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from ssl_models import checkpoint
 from ssl_models.device import autocast, autocast_dtype, resolve_device, use_channels_last
 from ssl_models.methods.base import SSLMethod
+from ssl_models.optim import LARS
 from ssl_models.schedules import warmup_cosine
 
 
@@ -31,7 +32,8 @@ class TrainConfig:
     Attributes:
         epochs: passes over ``images_per_epoch`` images.
         batch_size: images per step (each gives several views).
-        optimizer: ``sgd`` (momentum, nesterov) or ``adamw``.
+        optimizer: ``sgd`` (momentum, nesterov), ``adamw`` or ``lars`` (``ssl_models.optim.LARS``;
+            biases and normalization parameters skip its trust ratio).
         lr: peak learning rate for ``batch_size`` 256; scaled linearly with the batch size.
         weight_decay: on weights only (not biases or norm parameters).
         warmup_epochs: linear warmup before the cosine decay.
@@ -92,7 +94,10 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr)
-    raise ValueError(f"unknown optimizer {cfg.optimizer!r}; choose sgd or adamw")
+    if cfg.optimizer == "lars":
+        decay, no_decay = groups
+        return LARS([decay, {**no_decay, "lars_exclude": True}], lr=cfg.lr, momentum=cfg.momentum)
+    raise ValueError(f"unknown optimizer {cfg.optimizer!r}; choose sgd, adamw or lars")
 
 
 def embedding_std(z: Tensor) -> float:

@@ -85,7 +85,7 @@ class PretrainParams(Section):
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(256, ge=2)
     # None: the method's own (``SSLMethod.optim``), filled in by validation
-    optimizer: Literal["sgd", "adamw"] | None = None
+    optimizer: Literal["sgd", "adamw", "lars"] | None = None
     lr: float | None = Field(None, gt=0)  # for batch 256, scaled linearly
     weight_decay: float | None = Field(None, ge=0)
     warmup_epochs: float = Field(0.5, ge=0)

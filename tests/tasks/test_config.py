@@ -190,6 +190,9 @@ def test_unset_optimizer_is_the_methods(params_file: Path) -> None:
         assert {k: getattr(params, k) for k in METHODS[method].optim} == METHODS[method].optim
     params = load_params(params_file, ["pretrain.method=dino", "pretrain.lr=0.01"]).pretrain
     assert params.lr == 0.01 and params.optimizer == METHODS["dino"].optim["optimizer"]
+    assert load_params(params_file, ["pretrain.optimizer=lars"]).pretrain.optimizer == "lars"
+    with pytest.raises(ParamsError, match="pretrain.optimizer"):
+        load_params(params_file, ["pretrain.optimizer=lamb"])
 
 
 def test_method_backbone_mismatch_names_the_fix(params_file: Path) -> None:
