@@ -2,11 +2,12 @@
 features, next to a random-init encoder of the same architecture, and wall time.
 
 For each method: a fresh encoder (``small_cnn`` width 32; ``vit_tiny`` for MAE) and the method
-with its default arguments and its own optimizer (``SSLMethod.optim``, as the pipeline), trained by ``ssl_models.engine.train`` on the 60k train images (labels
-unused) for a fixed number of steps. With ``--seconds S`` (default) the step count is calibrated
-per method: a throwaway copy runs 4 steps, and the run gets ``S / seconds-per-step`` steps, so each
-method gets about ``S`` seconds of pretraining (DeepCluster's per-epoch clustering of the whole
-pool comes on top, and shows in its wall time). ``--images N`` gives every method the same N
+with its default arguments and its own optimizer (``SSLMethod.optim``, as the pipeline), trained
+by ``ssl_models.engine.train`` on the 60k train images (labels unused) for a fixed number of
+steps. With ``--seconds S`` (default) the step count is calibrated per method: a throwaway copy
+runs 4 steps, and the run gets ``S / seconds-per-step`` steps, so each method gets about ``S``
+seconds of pretraining (DeepCluster's per-epoch clustering of the whole pool comes on top, and
+shows in its wall time). ``--images N`` gives every method the same N
 images instead. Epochs are ``--epoch-images`` long (DeepCluster re-clusters at each). Then, on
 frozen features: kNN top-1 (k=20, cosine, T=0.07, bank = 60k train, queries = 10k test) and a
 linear probe (L-BFGS softmax regression on the 60k train features, scored on test).
@@ -31,7 +32,6 @@ from ssl_models.device import autocast_dtype, use_channels_last
 from ssl_models.engine import TrainConfig, train
 from ssl_models.evaluation import extract_features, knn_top1, linear_probe
 from ssl_models.methods import METHODS
-
 
 
 @dataclass

@@ -115,7 +115,7 @@ class PretrainParams(Section):
         """Unset optimizer, lr, weight_decay: the method's own (``SSLMethod.optim``)."""
         from ssl_models.methods import METHODS
 
-        if isinstance(data, dict) and (method := METHODS.get(data.get("method", "simclr"))):
+        if isinstance(data, dict) and (method := METHODS.get(data.get("method", cls.model_fields["method"].default))):
             data = {**data, **{k: v for k, v in method.optim.items() if data.get(k) is None}}
         return data
 
