@@ -107,9 +107,10 @@ def embedding_std(z: Tensor) -> float:
 
 
 def _fingerprint(method: SSLMethod, cfg: TrainConfig, n_images: int) -> str:
-    """What must match for a checkpoint to be resumed: config, method, architecture, data size."""
+    """What must match for a checkpoint to be resumed: config, method, architecture (the module tree,
+    strides and kernels included, and every state shape), data size."""
     shapes = [list(p.shape) for p in method.state_dict().values()]
-    blob = json.dumps([asdict(cfg), method.name, shapes, n_images], sort_keys=True, default=str)
+    blob = json.dumps([asdict(cfg), method.name, repr(method), shapes, n_images], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

@@ -130,6 +130,18 @@ def test_checkpoint_of_another_config_is_not_resumed(tmp_path: Path) -> None:
     assert result.resumed_from_step == 0
 
 
+def test_checkpoint_of_same_shapes_other_strides_is_not_resumed(tmp_path: Path) -> None:
+    """A stride changes what the weights mean but no state shape: the fingerprint sees it."""
+    ckpt = tmp_path / "c.pt"
+    train(make_simclr(), images(32), config(epochs=1), checkpoint_path=ckpt, progress=False)
+    other = make_simclr()
+    other.encoder.backbone.features[0].stride = (1, 1)
+    assert [v.shape for v in other.state_dict().values()] == [v.shape for v in make_simclr().state_dict().values()]
+    with pytest.warns(UserWarning, match="another config"):
+        result = train(other, images(32), config(epochs=1), checkpoint_path=ckpt, progress=False)
+    assert result.resumed_from_step == 0
+
+
 def test_resume_loads_with_weights_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     ckpt = tmp_path / "c.pt"
     train(make_simclr(), images(32), config(epochs=2), checkpoint_path=ckpt, progress=False, max_steps=1)
