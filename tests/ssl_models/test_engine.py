@@ -135,7 +135,7 @@ def test_checkpoint_of_same_shapes_other_strides_is_not_resumed(tmp_path: Path) 
     ckpt = tmp_path / "c.pt"
     train(make_simclr(), images(32), config(epochs=1), checkpoint_path=ckpt, progress=False)
     other = make_simclr()
-    other.encoder.backbone.features[0].stride = (1, 1)
+    other.encoder.backbone.features[0].stride = (2, 2)
     assert [v.shape for v in other.state_dict().values()] == [v.shape for v in make_simclr().state_dict().values()]
     with pytest.warns(UserWarning, match="another config"):
         result = train(other, images(32), config(epochs=1), checkpoint_path=ckpt, progress=False)
