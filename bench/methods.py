@@ -80,18 +80,16 @@ def seconds_per_step(name: str, images: torch.Tensor, args: argparse.Namespace) 
     stamps: list[float] = []
     cfg = config_for(name, 4, args, len(images))
     cfg.log_every = 1
+    method = make_method(name, images, args.seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        train(make_method(name, images, args.seed), images[: 4 * args.batch_size], cfg, progress=False,
+        train(method, images[: 4 * args.batch_size], cfg, progress=False,
               on_step=lambda step, _: stamps.append(time.perf_counter()), max_steps=4)
     diffs = sorted(b - a for a, b in zip(stamps, stamps[1:]))
     step_s = diffs[len(diffs) // 2]
     if METHODS[name].on_epoch_start is not SSLMethod.on_epoch_start:
-        method = make_method(name, images, args.seed)
-        if use_channels_last(torch.device("cpu")):  # as the engine will run it
-            method.to(memory_format=torch.channels_last)
         t0 = time.perf_counter()
-        method.on_epoch_start(0, images)
+        method.on_epoch_start(0, images)  # on the device and in the memory format the engine chose
         steps_per_epoch = max(1, min(args.epoch_images, len(images)) // args.batch_size)
         step_s += (time.perf_counter() - t0) / steps_per_epoch
     return step_s
