@@ -17,14 +17,21 @@ FASHION_MNIST_DIR = Path(os.environ.get("FASHION_MNIST_DIR", "/usr/share/dataset
 
 
 def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (``unknown`` elsewhere)."""
+    """The CPU's model name, family/model numbers and bf16 hardware from /proc/cpuinfo, e.g.
+    ``AMD EPYC (family 25 model 17; bf16: AVX512-BF16, no AMX)`` (``unknown`` elsewhere). The
+    bf16 units decide the bf16 ceiling: AMX tiles on recent Xeons, AVX512-BF16 dot products on Zen 4."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        info = Path("/proc/cpuinfo").read_text().split("\n\n")[0]
     except OSError:
-        pass
-    return platform.processor() or "unknown"
+        return platform.processor() or "unknown"
+    fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    flags = set(fields.get("flags", "").split())
+    units = [name for flag, name in (("amx_bf16", "AMX"), ("avx512_bf16", "AVX512-BF16")) if flag in flags]
+    if units and "amx_bf16" not in flags:
+        units.append("no AMX")
+    return (f"{fields.get('model name', 'unknown')} (family {fields.get('cpu family', '?')} model "
+            f"{fields.get('model', '?')}; bf16: {', '.join(units) or 'none, emulated'})")
 
 
 def load_average() -> str:
