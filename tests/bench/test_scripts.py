@@ -1,0 +1,105 @@
+"""The benchmark scripts run and report what they say they measure. Tiny settings and synthetic
+data: the figures themselves are measured by hand (bench/README.md), never asserted here."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+from tests.fixtures import write_fashion_mnist
+
+BENCH = REPO / "bench"
+
+
+def run_script(script: str, *args: str, data_dir: Path | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    if data_dir is not None:
+        env["FASHION_MNIST_DIR"] = str(data_dir)
+    return subprocess.run([sys.executable, str(BENCH / script), *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=900)
+
+
+def table(stdout: str) -> list[list[str]]:
+    """The rows of the markdown table a script prints (header and rule left out)."""
+    lines = [line for line in stdout.splitlines() if line.startswith("| ")]
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[1:]]
+
+
+def number(cell: str) -> float:
+    return float(cell.replace(",", "").split()[0].rstrip("x%"))
+
+
+@pytest.fixture(scope="module")
+def fashion_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Fashion-MNIST-format files of separable 28x28 images: the shape the benchmarks expect."""
+    directory = tmp_path_factory.mktemp("fashion-mnist")
+    write_fashion_mnist(directory, n_train=256, n_test=80, side=28, seed=0)
+    return directory
+
+
+def simclr_small_cnn_flops(batch: int) -> float:
+    """FLOPs of one SimCLR step (forward + backward) on small_cnn width 32, 28x28 grayscale, head
+    128-512-128, counted by hand: 2 FLOPs per multiply-add; a backward pass is a gradient for the
+    input and one for the weights, except the first convolution, whose input (the views) needs none."""
+    views = 2 * batch
+    # (c_in, c_out, output side) of the five 3x3 convolutions
+    convs = [(1, 32, 28), (32, 64, 14), (64, 64, 14), (64, 128, 7), (128, 128, 7)]
+    conv_fwd = [2 * side * side * c_out * c_in * 9 for c_in, c_out, side in convs]
+    conv = 3 * sum(conv_fwd) - conv_fwd[0]
+    head = 3 * 2 * (128 * 512 + 512 * 128)
+    similarity = 3 * 2 * views * views * 128  # z @ z.T and its two gradients
+    return views * (conv + head) + similarity
+
+
+def test_throughput_counts_the_step_flops_and_the_ceiling() -> None:
+    out = run_script("throughput.py", "--precision", "fp32", "bf16", "--batch-size", "64", "--seconds", "0",
+                     "--min-steps", "2", "--warmup", "0", "--matmul-size", "256", "--threads", "1")
+    assert out.returncode == 0, out.stderr
+    assert "cpu:" in out.stdout and "bf16:" in out.stdout  # the machine, with its bf16 hardware
+    rows = table(out.stdout)
+    assert [r[0] for r in rows] == ["fp32", "bf16"]
+    for precision, channels_last, compiled, views_s, _best, step_ms, gflop, gflops, ceiling, share, _first in rows:
+        assert compiled == "no"
+        assert channels_last == ("yes" if precision == "bf16" else "no")
+        assert number(gflop) == pytest.approx(simclr_small_cnn_flops(64) / 1e9, abs=0.06)
+        assert number(views_s) == pytest.approx(128 / (number(step_ms) / 1e3), rel=0.02)
+        assert number(gflops) == pytest.approx(number(gflop) / (number(step_ms) / 1e3), rel=0.02)
+        assert number(share) == pytest.approx(100 * number(gflops) / number(ceiling), abs=1)
+
+
+def test_methods_scores_each_method_next_to_random_init(fashion_dir: Path) -> None:
+    out = run_script("methods.py", "--images", "256", "--batch-size", "32", "--epoch-images", "128",
+                     "--methods", "simclr", "rotation", data_dir=fashion_dir)
+    assert out.returncode == 0, out.stderr
+    rows = table(out.stdout)
+    assert [r[0] for r in rows] == ["simclr", "rotation"]
+    for _method, backbone, _optim, seen, _wall, knn, knn_random, linear, linear_random in rows:
+        assert backbone == "small_cnn" and number(seen) == 256
+        assert all(0.0 <= number(v) <= 1.0 for v in (knn, knn_random, linear, linear_random))
+    assert rows[0][6] == rows[1][6]  # one random-init encoder per backbone, scored once
+
+
+def test_vs_lightly_rejects_an_unknown_run_before_any_work() -> None:
+    out = run_script("vs_lightly.py", "--runs", "sslpipe:simclr", "lightly:simclr:fp32")
+    assert out.returncode == 2
+    assert "lightly:simclr:fp32" in out.stderr and "w<num_workers>" in out.stderr
+
+
+def test_vs_lightly_compares_per_seed_or_says_it_skipped(fashion_dir: Path) -> None:
+    out = run_script("vs_lightly.py", "--train-images", "64", "--batch-size", "32", "--seeds", "0", "1",
+                     "--runs", "sslpipe:simclr", "lightly:simclr:w0:fp32", data_dir=fashion_dir)
+    assert out.returncode == 0, out.stderr
+    if importlib.util.find_spec("lightly") is None:  # an optional extra (bench/README.md)
+        assert out.stdout.startswith("SKIPPED: lightly is not installed")
+        return
+    rows = {r[0]: r for r in table(out.stdout)}
+    assert set(rows) == {"sslpipe:simclr", "lightly:simclr:w0:fp32"}
+    assert len(rows["sslpipe:simclr"][4].split()) == 2  # kNN of each seed
+    assert rows["lightly:simclr:w0:fp32"][6] == "1.00x" and rows["lightly:simclr:w0:fp32"][7] == "-"
+    assert rows["sslpipe:simclr"][7].startswith(("+", "-")) and "±" in rows["sslpipe:simclr"][7]
