@@ -24,8 +24,7 @@ def cpu_model() -> str:
         info = Path("/proc/cpuinfo").read_text().split("\n\n")[0]
     except OSError:
         return platform.processor() or "unknown"
-    fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
-    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    fields = {k.strip(): v.strip() for k, v in (line.split(":", 1) for line in info.splitlines() if ":" in line)}
     flags = set(fields.get("flags", "").split())
     units = [name for flag, name in (("amx_bf16", "AMX"), ("avx512_bf16", "AVX512-BF16")) if flag in flags]
     if units and "amx_bf16" not in flags:
