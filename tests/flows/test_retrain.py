@@ -90,8 +90,11 @@ def test_two_concurrent_triggers_register_one_version_and_promote_the_better_mod
     client, _, _ = _registry(project)
     bad = _register_bad_champion(client, project)
     _, before, _ = _registry(project)
-    # new data (another sample), a margin any trained model clears against a constant one
-    cmd = ["sslpipe", "retrain", "--smoke", *_sets(["ingest.seed=1", "retrain.min_improvement=0.0", *FAST])]
+    # new data (another sample), and a challenger that learns: the smoke run's single tune trial
+    # per arm may draw lr 1e-4 with a frozen encoder, whose 10 head steps stay at chance (top-1 0.04
+    # on 300 images seen in CI, below the constant champion's 0.1); lr >= 2e-3 and 60 steps clear it
+    learns = ["tune.search_space.lr=[0.002,0.003]", "finetune.min_steps=60"]
+    cmd = ["sslpipe", "retrain", "--smoke", *_sets(["ingest.seed=1", "retrain.min_improvement=0.0", *learns, *FAST])]
     procs = [subprocess.Popen(cmd, cwd=project, env=project_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True) for _ in range(2)]
     outs = [p.communicate(timeout=1500)[0] for p in procs]
