@@ -16,6 +16,11 @@ from tests.flows.conftest import project_env, server_state, sslpipe
 
 # smaller than --smoke where the outcome does not depend on it
 FAST = ["pretrain.knn_monitor_images=0"]
+# a challenger that learns: the smoke run's single tune trial per arm may draw lr 1e-4 with a frozen
+# encoder, whose 10 head steps stay at chance (top-1 0.04 on 300 images seen in CI, below a constant
+# model's 0.1); lr >= 2e-3 and 60 steps clear it. Both retrains on new data use it, so the second
+# finds the first's params and data cached.
+LEARNS = ["tune.search_space.lr=[0.002,0.003]", "finetune.min_steps=60"]
 
 
 def _sets(overrides: list[str]) -> list[str]:
@@ -90,11 +95,8 @@ def test_two_concurrent_triggers_register_one_version_and_promote_the_better_mod
     client, _, _ = _registry(project)
     bad = _register_bad_champion(client, project)
     _, before, _ = _registry(project)
-    # new data (another sample), and a challenger that learns: the smoke run's single tune trial
-    # per arm may draw lr 1e-4 with a frozen encoder, whose 10 head steps stay at chance (top-1 0.04
-    # on 300 images seen in CI, below the constant champion's 0.1); lr >= 2e-3 and 60 steps clear it
-    learns = ["tune.search_space.lr=[0.002,0.003]", "finetune.min_steps=60"]
-    cmd = ["sslpipe", "retrain", "--smoke", *_sets(["ingest.seed=1", "retrain.min_improvement=0.0", *learns, *FAST])]
+    # new data (another sample), a challenger that learns, a margin it clears against a constant model
+    cmd = ["sslpipe", "retrain", "--smoke", *_sets(["ingest.seed=1", "retrain.min_improvement=0.0", *LEARNS, *FAST])]
     procs = [subprocess.Popen(cmd, cwd=project, env=project_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True) for _ in range(2)]
     outs = [p.communicate(timeout=1500)[0] for p in procs]
@@ -117,7 +119,7 @@ def test_keeps_the_champion_when_the_challenger_loses(ops_project):
     # register stage finds that version by its idempotency key; a margin no model can clear
     first = str(before[0])
     client.set_registered_model_alias("sslpipe-classifier", "champion", first)
-    out = sslpipe(project, "retrain", "--smoke", *_sets(["ingest.seed=1", "retrain.min_improvement=1.0", *FAST]),
+    out = sslpipe(project, "retrain", "--smoke", *_sets(["ingest.seed=1", "retrain.min_improvement=1.0", *LEARNS, *FAST]),
                   timeout=1500).stdout
     assert "kept champion" in out, out
     client, after, aliases = _registry(project)
