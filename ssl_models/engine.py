@@ -1,5 +1,6 @@
 """One training loop for every SSL method: mixed precision, channels_last, schedules, clipping,
-atomic checkpoints with exact resume, an online monitor each epoch and a collapse warning."""
+atomic checkpoints with exact resume, an online monitor each epoch and a collapse warning. The
+pieces it shares with classifier training (set-up, the step, the loss meter) are in ``training``."""
 
 from __future__ import annotations
 
@@ -18,11 +19,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ssl_models import checkpoint
-from ssl_models.device import autocast, autocast_dtype, resolve_device, use_channels_last
-from ssl_models.methods.base import SSLMethod
+from ssl_models import checkpoint, training
+from ssl_models.methods.base import SSLMethod, SSLOutput
 from ssl_models.optim import LARS
-from ssl_models.schedules import warmup_cosine
+from ssl_models.training import LossMeter, Runtime, Schedule, Throughput
+
+#: what a non-finite pretraining loss suggests
+NAN_ADVICE = "lower pretrain.lr or use fp32"
 
 
 @dataclass
@@ -38,13 +41,15 @@ class TrainConfig:
         weight_decay: on weights only (not biases or norm parameters).
         warmup_epochs: linear warmup before the cosine decay.
         grad_clip: max gradient norm, or None.
-        precision: ``auto`` (bf16 where the hardware has it), ``bf16``, ``fp16`` or ``fp32``.
+        precision: ``auto`` (bf16 where the hardware has it), ``bf16``, ``fp16`` (with loss
+            scaling) or ``fp32``.
         channels_last: memory format for convolutions; None decides by hardware.
         compile: ``torch.compile`` the method.
         seed: fixes initial order, augmentations and everything random.
         images_per_epoch: images drawn (without replacement) per epoch; None: all of them.
         checkpoint_every: steps between checkpoints (and one at the end of every epoch).
-        log_every: steps between ``on_step`` calls.
+        log_every: steps between ``on_step`` calls. The loss is read back from the device (a
+            synchronisation) only then, at epoch ends and at checkpoints; 1 syncs every step.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:1`` ...
     """
 
@@ -68,6 +73,8 @@ class TrainConfig:
 
 @dataclass
 class TrainResult:
+    """What ``train`` returns: global steps and epochs done, throughput, per-epoch history."""
+
     steps: int
     epochs: int
     images_per_sec: float
@@ -81,6 +88,7 @@ EpochCallback = Callable[[int, SSLMethod], dict[str, float]]
 
 
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Trainable weights (decayed) and biases/norm parameters (not decayed), in that order."""
     decay, no_decay = [], []
     for p in model.parameters():
         if p.requires_grad:
@@ -89,6 +97,7 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """The optimizer ``cfg.optimizer`` over ``_param_groups(model)`` (lr set by the schedule)."""
     groups = _param_groups(model, cfg.weight_decay)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
@@ -115,8 +124,169 @@ def _fingerprint(method: SSLMethod, cfg: TrainConfig, n_images: int) -> str:
 
 
 def _epoch_order(n: int, epoch: int, seed: int) -> Tensor:
+    """The image order of ``epoch``: a function of (seed, epoch) only, so a resumed run draws it again."""
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     return torch.randperm(n, generator=g)
+
+
+def pretrain_schedule(n: int, cfg: TrainConfig) -> Schedule:
+    """The schedule of pretraining on ``n`` images (lr scaled linearly from batch size 256)."""
+    per_epoch = min(cfg.images_per_epoch or n, n)
+    steps_per_epoch = max(per_epoch // cfg.batch_size, 1)
+    return Schedule(min(cfg.batch_size, n), steps_per_epoch, cfg.epochs * steps_per_epoch,
+                    int(cfg.warmup_epochs * steps_per_epoch), cfg.lr * cfg.batch_size / 256)
+
+
+@dataclass
+class RunState:
+    """What a run carries from step to step, and what its checkpoint holds besides the weights."""
+
+    step: int  # global steps done
+    history: list[dict[str, float]]  # one record per finished epoch
+    meter: LossMeter  # the current epoch's running loss, on the device
+    fingerprint: str  # the run's ``_fingerprint``: a checkpoint with another is not resumed
+    path: Path | None  # the checkpoint file; None: no checkpoints
+
+
+def resume(path: Path | None, rt: Runtime, fingerprint: str) -> RunState:
+    """The state to start from: the checkpoint at ``path`` if it is of this run (weights, optimizer,
+    scaler and CPU RNG restored into ``rt``), else step 0 (with a warning if another run's)."""
+    fresh = RunState(0, [], LossMeter(rt.device, NAN_ADVICE), fingerprint, path)
+    if path is None or not path.exists():
+        return fresh
+    state = checkpoint.load(path)
+    if state.get("fingerprint") != fingerprint:
+        warnings.warn(f"{path}: checkpoint is from another config or data; starting afresh", stacklevel=3)
+        return fresh
+    rt.module.load_state_dict(state["method"])
+    rt.optimizer.load_state_dict(state["optimizer"])
+    rt.scaler.load_state_dict(state["scaler"])
+    torch.set_rng_state(state["rng_cpu"])
+    if "epoch_loss" in state:
+        total, count = float(state["epoch_loss"]["total"]), int(state["epoch_loss"]["count"])
+    else:  # written before the loss meter: the epoch's losses as a list
+        losses = [float(v) for v in state.get("epoch_losses", [])]
+        total, count = sum(losses), len(losses)
+    meter = LossMeter(rt.device, NAN_ADVICE, total, count)
+    return RunState(int(state["step"]), list(state["history"]), meter, fingerprint, path)
+
+
+def save_checkpoint(state: RunState, rt: Runtime) -> None:
+    """Write ``state`` and ``rt``'s weights, optimizer, scaler and CPU RNG atomically to
+    ``state.path`` (nothing if None). Reads the loss back first, so a non-finite loss raises
+    instead of being saved."""
+    if state.path is None:
+        return
+    checkpoint.save_atomic(
+        {
+            "fingerprint": state.fingerprint,
+            "step": state.step,
+            "method": rt.module.state_dict(),
+            "optimizer": rt.optimizer.state_dict(),
+            "scaler": rt.scaler.state_dict(),
+            "rng_cpu": torch.get_rng_state(),
+            "history": state.history,
+            "epoch_loss": state.meter.state_dict(),  # so a mid-epoch resume averages the whole epoch
+        },
+        state.path,
+    )
+
+
+def ssl_step(rt: Runtime, method: SSLMethod, batch: Tensor, state: RunState, sched: Schedule, cfg: TrainConfig,
+             generator: torch.Generator) -> SSLOutput:
+    """One pretraining step on a uint8 ``batch``: the method's views (seeded by (seed, step) only),
+    the scheduled lr, ``training.train_step``, the method's ``on_step_end``; the loss goes to
+    ``state.meter`` without a sync and ``state.step`` advances."""
+    step = state.step
+    batch = batch.to(rt.device, non_blocking=True)
+    generator.manual_seed(cfg.seed * 1_000_003 + step)  # views depend on (seed, step) only
+    with torch.no_grad():
+        views = [training.to_memory_format(v, rt.channels_last) for v in method.views(batch, generator)]
+    training.set_lr(rt.optimizer, sched.lr(step))
+    loss, out = training.train_step(rt, views, lambda out: out.loss, cfg.grad_clip)
+    method.on_step_end(step, sched.total_steps)
+    state.meter.add(loss, step)
+    state.step += 1
+    return out
+
+
+@dataclass
+class StepLog:
+    """Where per-step metrics go every ``log_every`` steps: the progress bar and ``on_step``; its
+    clock is paused for the work between steps (epoch hooks, checkpoints)."""
+
+    on_step: StepCallback | None
+    bar: tqdm
+    sched: Schedule
+    clock: Throughput = field(default_factory=Throughput)
+
+    def __call__(self, state: RunState, rt: Runtime) -> None:
+        """Read the loss back (the sync; raises if a loss was not finite) and report it with the lr
+        and the images per second since the last log."""
+        reading, rate = state.meter.read(), self.clock.rate()
+        per_epoch = self.sched.steps_per_epoch
+        epoch = f"{(state.step - 1) // per_epoch + 1}/{self.sched.total_steps // per_epoch}"
+        self.bar.set_postfix(epoch=epoch, loss=f"{reading.last:.3f}", img_s=f"{rate:.0f}")
+        if self.on_step:
+            lr = rt.optimizer.param_groups[0]["lr"]
+            self.on_step(state.step, {"loss": reading.last, "lr": lr, "images_per_sec": rate})
+
+
+def train_one_epoch(rt: Runtime, method: SSLMethod, images: Tensor, state: RunState, sched: Schedule,
+                    cfg: TrainConfig, log: StepLog, stop_at: int) -> SSLOutput:
+    """The steps from ``state.step`` to the end of its epoch (or to ``stop_at``), logging every
+    ``cfg.log_every`` steps and checkpointing every ``cfg.checkpoint_every`` within the epoch.
+
+    Returns:
+        The last step's output (its embedding feeds the collapse check).
+    """
+    epoch, first = divmod(state.step, sched.steps_per_epoch)
+    order = _epoch_order(images.shape[0], epoch, cfg.seed)
+    with log.clock.paused():
+        method.on_epoch_start(epoch, images)
+    generator = torch.Generator(device=rt.device)
+    out: SSLOutput | None = None
+    for i in range(first, min(sched.steps_per_epoch, stop_at - epoch * sched.steps_per_epoch)):
+        idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
+        out = ssl_step(rt, method, images[idx], state, sched, cfg, generator)
+        log.clock.add(len(idx))
+        log.bar.update(1)
+        if state.step % cfg.log_every == 0 or state.step == sched.total_steps:
+            log(state, rt)
+        if state.step % cfg.checkpoint_every == 0 and state.step % sched.steps_per_epoch:
+            with log.clock.paused():  # an epoch's last step is checkpointed by end_of_epoch
+                save_checkpoint(state, rt)
+    assert out is not None, "train_one_epoch called with no step left"
+    return out
+
+
+def check_collapse(embedding: Tensor, epoch: int) -> float:
+    """``embedding_std`` of ``embedding``, with a warning when it is under a tenth of healthy."""
+    std, healthy = embedding_std(embedding), 1 / math.sqrt(embedding.shape[1])
+    if std < 0.1 * healthy:
+        warnings.warn(
+            f"epoch {epoch}: embeddings are collapsing (per-dimension std {std:.4f}, healthy ~{healthy:.3f}); "
+            "check lr and augmentations",
+            stacklevel=4,  # train's caller
+        )
+    return std
+
+
+def end_of_epoch(state: RunState, rt: Runtime, method: SSLMethod, out: SSLOutput, epoch: int,
+                 on_epoch: EpochCallback | None) -> None:
+    """Append epoch ``epoch``'s (1-based) record to ``state.history`` (mean loss, ``embedding_std``
+    of the last step's embedding, the monitor's metrics computed in eval mode), start a new loss
+    sum and write a checkpoint."""
+    record = {"epoch": epoch, "step": state.step, "loss": state.meter.read().mean}
+    if out.embedding is not None:
+        record["embedding_std"] = check_collapse(out.embedding, epoch)
+    if on_epoch:
+        method.eval()
+        record.update(on_epoch(epoch, method))
+        method.train()
+    state.history.append(record)
+    state.meter.reset()
+    save_checkpoint(state, rt)
 
 
 def train(
@@ -137,134 +307,37 @@ def train(
         images: (N, C, H, W) uint8, on the CPU; batches move to the device as they are drawn.
         cfg: training config.
         checkpoint_path: where to write (and resume from) the checkpoint; None: no checkpoints.
-        on_step: called every ``cfg.log_every`` steps with ``{"loss", "lr", "images_per_sec"}``.
+        on_step: called every ``cfg.log_every`` steps (and at the last) with ``{"loss", "lr",
+            "images_per_sec"}``: the step's loss, read back from the device there and only there
+            (besides epoch ends and checkpoints), so a small ``log_every`` costs a sync per log.
         on_epoch: called at the end of each epoch; may return metrics (e.g. online kNN accuracy).
         progress: show a progress bar.
         max_steps: stop after this global step (to simulate a killed run in tests).
 
     Returns:
         Step count, throughput and per-epoch history.
+
+    Raises:
+        FloatingPointError: a loss was nan or inf (found when the loss is next read back).
     """
-    device = resolve_device(cfg.device)
-    amp_dtype = autocast_dtype(device, cfg.precision)
-    channels_last = use_channels_last(device, cfg.channels_last)
-    torch.manual_seed(cfg.seed)
-    method.to(device)
-    if channels_last:
-        method.to(memory_format=torch.channels_last)
-    model: nn.Module = torch.compile(method) if cfg.compile else method
-    optimizer = build_optimizer(method, cfg)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-
-    n = images.shape[0]
-    per_epoch = min(cfg.images_per_epoch or n, n)
-    steps_per_epoch = max(per_epoch // cfg.batch_size, 1)
-    total_steps = cfg.epochs * steps_per_epoch
-    warmup_steps = int(cfg.warmup_epochs * steps_per_epoch)
-    peak_lr = cfg.lr * cfg.batch_size / 256
-    fingerprint = _fingerprint(method, cfg, n)
-
-    step, history = 0, []
-    epoch_losses: list[float] = []  # losses of the current epoch's steps so far
-    ckpt = Path(checkpoint_path) if checkpoint_path else None
-    if ckpt and ckpt.exists():
-        state = checkpoint.load(ckpt)
-        if state.get("fingerprint") == fingerprint:
-            method.load_state_dict(state["method"])
-            optimizer.load_state_dict(state["optimizer"])
-            scaler.load_state_dict(state["scaler"])
-            torch.set_rng_state(state["rng_cpu"])
-            step, history = int(state["step"]), list(state["history"])
-            epoch_losses = [float(v) for v in state.get("epoch_losses", [])]
-        else:
-            warnings.warn(f"{ckpt}: checkpoint is from another config or data; starting afresh", stacklevel=2)
-    resumed_from = step
-
-    def save() -> None:
-        if ckpt:
-            checkpoint.save_atomic(
-                {
-                    "fingerprint": fingerprint,
-                    "step": step,
-                    "method": method.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scaler": scaler.state_dict(),
-                    "rng_cpu": torch.get_rng_state(),
-                    "history": history,
-                    "epoch_losses": epoch_losses,  # so a mid-epoch resume averages the whole epoch
-                },
-                ckpt,
-            )
-
-    generator = torch.Generator(device=device)
-    stop_at = min(total_steps, max_steps if max_steps is not None else total_steps)
-    bar = tqdm(total=total_steps, initial=step, disable=not progress, unit="step", dynamic_ncols=True)
-    start, timed_images, rate = time.perf_counter(), 0, 0.0
+    rt = training.setup(method, lambda m: build_optimizer(m, cfg), device=cfg.device, precision=cfg.precision,
+                        channels_last=cfg.channels_last, compile=cfg.compile, seed=cfg.seed)
+    sched = pretrain_schedule(images.shape[0], cfg)
+    state = resume(Path(checkpoint_path) if checkpoint_path else None, rt, _fingerprint(method, cfg, images.shape[0]))
+    resumed_from = state.step
+    stop_at = sched.total_steps if max_steps is None else min(sched.total_steps, max_steps)
+    bar = tqdm(total=sched.total_steps, initial=state.step, disable=not progress, unit="step", dynamic_ncols=True)
+    log, start = StepLog(on_step, bar, sched), time.perf_counter()
     method.train()
-    order, order_epoch = None, -1
-    while step < stop_at:
-        epoch, i = divmod(step, steps_per_epoch)
-        if epoch != order_epoch:
-            order, order_epoch = _epoch_order(n, epoch, cfg.seed), epoch
-            method.on_epoch_start(epoch, images)
-        idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
-        batch = images[idx].to(device, non_blocking=True)
-        t0 = time.perf_counter()
-        generator.manual_seed(cfg.seed * 1_000_003 + step)  # views depend on (seed, step) only
-        with torch.no_grad():
-            views = method.views(batch, generator)
-            if channels_last:
-                views = [v.contiguous(memory_format=torch.channels_last) for v in views]
-        lr = warmup_cosine(step, total_steps, warmup_steps, peak_lr)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        with autocast(device, amp_dtype):
-            out = model(views)
-        loss = out.loss
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss is {loss.item()} at step {step}; lower pretrain.lr or use fp32")
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if cfg.grad_clip:
-            scaler.unscale_(optimizer)
-            nn.utils.clip_grad_norm_(method.parameters(), cfg.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        method.on_step_end(step, total_steps)
-        step += 1
-
-        loss_value = loss.item()
-        epoch_losses.append(loss_value)
-        dt = time.perf_counter() - t0
-        timed_images += len(idx)
-        rate = 0.9 * rate + 0.1 * len(idx) / dt if rate else len(idx) / dt
-        bar.update(1)
-        bar.set_postfix(epoch=f"{epoch + 1}/{cfg.epochs}", loss=f"{loss_value:.3f}", img_s=f"{rate:.0f}")
-        if on_step and (step % cfg.log_every == 0 or step == total_steps):
-            on_step(step, {"loss": loss_value, "lr": lr, "images_per_sec": rate})
-
-        if step % steps_per_epoch == 0:  # end of an epoch
-            record = {"epoch": epoch + 1, "step": step, "loss": sum(epoch_losses) / len(epoch_losses)}
-            if out.embedding is not None:
-                std = embedding_std(out.embedding)
-                record["embedding_std"] = std
-                if std < 0.1 / math.sqrt(out.embedding.shape[1]):
-                    warnings.warn(
-                        f"epoch {epoch + 1}: embeddings are collapsing (per-dimension std {std:.4f}, "
-                        f"healthy ~{1 / math.sqrt(out.embedding.shape[1]):.3f}); check lr and augmentations",
-                        stacklevel=2,
-                    )
-            if on_epoch:
-                method.eval()
-                record.update(on_epoch(epoch + 1, method))
-                method.train()
-            history.append(record)
-            epoch_losses = []
-            save()
-        elif step % cfg.checkpoint_every == 0:
-            save()
+    while state.step < stop_at:
+        out = train_one_epoch(rt, method, images, state, sched, cfg, log, stop_at)
+        if state.step % sched.steps_per_epoch == 0:
+            with log.clock.paused():
+                end_of_epoch(state, rt, method, out, state.step // sched.steps_per_epoch, on_epoch)
     bar.close()
-    if step < total_steps:  # stopped early on purpose (max_steps): keep the state to resume
-        save()
+    if state.step < sched.total_steps:  # stopped early on purpose (max_steps): keep the state to resume
+        save_checkpoint(state, rt)
     wall = time.perf_counter() - start
-    return TrainResult(step, step // steps_per_epoch, timed_images / max(wall, 1e-9), wall, resumed_from, history)
+    images_per_sec = (state.step - resumed_from) * sched.batch / max(wall, 1e-9)
+    epochs = state.step // sched.steps_per_epoch
+    return TrainResult(state.step, epochs, images_per_sec, wall, resumed_from, state.history)

@@ -1,0 +1,80 @@
+"""The ``sslpipe`` Typer app and what its commands share: finding the project, the tools'
+environment defaults, failing with one clear line, the ``--set``/``--params`` options.
+
+Importing this module is cheap (no torch, prefect, mlflow or ray): commands import what they use.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, NoReturn, Optional
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(
+    help="sslpipe: self-supervised pretraining, tuning, fine-tuning, evaluation and registration of "
+    "image models, orchestrated by Prefect, reproduced by DVC, tracked in MLflow.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+SetOption = Annotated[
+    Optional[list[str]],
+    typer.Option("--set", "-s", help="Override a parameter: section.key=value (repeatable), e.g. pretrain.epochs=5."),
+]
+ParamsOption = Annotated[
+    Path, typer.Option("--params", "-p", help="Parameters file to start from (its values go into params.yaml).")
+]
+
+
+def project_root() -> Path:
+    """The nearest directory upwards holding dvc.yaml; commands run there, as DVC does."""
+    here = Path.cwd().resolve()
+    for d in (here, *here.parents):
+        if (d / "dvc.yaml").exists():
+            return d
+    fail("no dvc.yaml here or above; run sslpipe inside the project directory", 2)
+
+
+def enter_project() -> Path:
+    """Change into the project root and set the tools' own environment variables to the project's
+    defaults (side effects at the edge, never at import); variables already set win. While
+    `sslpipe server start`'s servers run, their addresses are the defaults."""
+    root = project_root()
+    os.chdir(root)
+    from cli.servers import running_env
+
+    for key, value in running_env(root).items():
+        os.environ.setdefault(key, value)
+    os.environ.setdefault("PREFECT_HOME", str(root / ".prefect"))
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # the ephemeral API server needs ~15-30 s to start on 2 cores; Prefect's default wait is 20 s
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local, loopback-only instance
+    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+    os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+    return root
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    """Print ``error: message`` on stderr and exit with ``code`` (1: a failure, 2: a usage error)."""
+    err_console.print(f"[red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def known_errors() -> tuple[type[BaseException], ...]:
+    """Errors whose message says all a user needs: printed as one line, without a traceback."""
+    from ssl_models.data import DataError
+    from tasks.config import ParamsError
+    from tasks.dataset import DatasetError
+    from tasks.validate import ValidationFailed
+
+    return (DataError, ParamsError, DatasetError, ValidationFailed, FileNotFoundError)
