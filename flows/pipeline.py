@@ -4,7 +4,6 @@ so DVC alone decides what is stale and ``dvc.lock`` stays true whichever side ra
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -15,27 +14,12 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
-from flows.params_file import PARAMS_YAML, remember_smoke, resolve, restore_after_smoke, write_params_yaml
 from tasks import paths
 from tasks.config import STAGES, MethodName
 from tasks.io import read_json
-
-# what --smoke changes: a few hundred images, one epoch, one trial per arm
-SMOKE_OVERRIDES = [
-    "ingest.limit_train=600",
-    "ingest.limit_test=300",
-    "pretrain.epochs=1",
-    "pretrain.compile=false",
-    "pretrain.batch_size=100",
-    "pretrain.knn_monitor_images=200",
-    "pretrain.checkpoint_every=2",
-    "tune.num_samples=1",
-    "tune.search_space.epochs=[2]",
-    "tune.grace_period=1",
-    "finetune.min_steps=10",
-    "evaluate.embedding_plot_images=300",
-]
-STAGE_RESULTS = paths.STATE / "stage_results"  # each stage's summary, for the run's table
+from tasks.metrics import HEADLINE_METRICS
+from tasks.run_setup import RunSetup, overrides_from, prepare_run
+from tasks.tracking import stage_env
 
 
 class StageFailed(RuntimeError):
@@ -75,16 +59,19 @@ def _stream(cmd: list[str], env: dict[str, str], logger) -> int:
 
 @task(name="stage", task_run_name="{stage}")
 def run_stage(stage: str, env: dict[str, str]) -> dict[str, Any]:
-    """One stage through DVC: skipped when DVC says its inputs are unchanged."""
+    """One stage through DVC: skipped when DVC says its inputs are unchanged. ``sources`` always
+    runs (``--force``): DVC cannot see a new image in a folder, so this cheap step refreshes the
+    manifest that ingest depends on, rewriting it only when a file changed."""
     logger = get_run_logger()
-    if not stage_is_stale(stage):
+    forced = stage == "sources"
+    if not forced and not stage_is_stale(stage):
         logger.info("%s: inputs unchanged, nothing to do (dvc.lock is up to date)", stage)
         return {"stage": stage, "status": "cached"}
     start = time.perf_counter()
-    code = _stream([_dvc(), "repro", "--single-item", stage], env, logger)
+    code = _stream([_dvc(), "repro", "--single-item", *(["--force"] if forced else []), stage], env, logger)
     if code != 0:
         raise StageFailed(f"stage {stage} failed (exit {code}); its error is printed above")
-    result_file = STAGE_RESULTS / f"{stage}.json"
+    result_file = paths.STAGE_RESULTS / f"{stage}.json"
     result = read_json(result_file) if result_file.exists() else {}
     return {"stage": stage, "status": "ran", "seconds": time.perf_counter() - start, "result": result}
 
@@ -98,7 +85,7 @@ def results_markdown(outcomes: list[dict[str, Any]], metrics: dict[str, Any], re
     lines += [f"| {o['stage']} | {o['status']} | {o.get('seconds', 0):.0f} |" for o in outcomes]
     if metrics:
         lines += ["", "| metric | value |", "|---|---|"]
-        for key in ("knn_top1", "knn_top1_raw_pixels", "knn_top1_random_init", "linear_top1", "model_top1"):
+        for key in HEADLINE_METRICS:
             if key in metrics:
                 lines.append(f"| {key} | {metrics[key]:.4f} |")
         lines += ["", "| label fraction | labels | fine-tuned top-1 | supervised top-1 |", "|---|---|---|---|"]
@@ -110,26 +97,11 @@ def results_markdown(outcomes: list[dict[str, Any]], metrics: dict[str, Any], re
     return "\n".join(lines) + "\n"
 
 
-def overrides_from(
-    method: str | None = None,
-    epochs: int | None = None,
-    label_fractions: list[float] | None = None,
-    tune_trials: int | None = None,
-    overrides: dict[str, Any] | None = None,
-) -> list[str]:
-    """The flow's UI-friendly parameters as ``section.key=value`` overrides."""
-    out = []
-    if method is not None:
-        out.append(f"pretrain.method={method}")
-    if epochs is not None:
-        out.append(f"pretrain.epochs={epochs}")
-    if label_fractions is not None:
-        out.append(f"finetune.label_fractions={json.dumps(list(label_fractions))}")
-    if tune_trials is not None:
-        out.append(f"tune.num_samples={tune_trials}")
-    for key, value in (overrides or {}).items():
-        out.append(f"{key}={json.dumps(value) if not isinstance(value, str) else value}")
-    return out
+def flow_run_link() -> str:
+    """This flow run's page in the Prefect UI; empty without a UI (the ephemeral API renders the
+    URL as "None/flow-runs/...")."""
+    url = flow_run.ui_url or ""
+    return "" if url.startswith("None") else url
 
 
 @flow(name="sslpipe-pipeline", log_prints=True)
@@ -138,53 +110,48 @@ def pipeline(
     epochs: int | None = None,
     label_fractions: list[float] | None = None,
     tune_trials: int | None = None,
-    overrides: dict[str, Any] | None = None,
+    overrides: list[str] | None = None,
     smoke: bool = False,
     params_file: str = "params.yaml",
+    setup: RunSetup | None = None,
 ) -> dict[str, Any]:
     """Ingest, validate, pretrain, tune, fine-tune, evaluate and register.
 
     Args:
-        method: SSL method (``pretrain.method``); mae also needs ``{"pretrain.backbone": "vit_tiny"}``.
+        method: SSL method (``pretrain.method``).
         epochs: pretraining epochs (``pretrain.epochs``).
         label_fractions: fractions of train labels to fine-tune on (``finetune.label_fractions``).
         tune_trials: Ray Tune trials per arm (``tune.num_samples``).
-        overrides: any other parameter, as ``{"section.key": value}``.
+        overrides: any other parameter, as ``section.key=value`` (``["pretrain.lr=0.1"]``), as
+            ``sslpipe run --set`` takes them.
         smoke: a tiny slice (a few hundred images, one epoch) for a first taste and for tests.
         params_file: the parameters file to start from.
+        setup: a run already prepared by the caller (``sslpipe run``, the retrain flow); when
+            given, the parameters above are not used. Leave it empty in the UI.
     """
     import mlflow
 
-    from tasks.tracking import PARENT_RUN_ENV, dvc_data_hash, flatten, run_tags, setup_mlflow
+    from tasks.metrics import flat_metrics
+    from tasks.tracking import dvc_data_hash, log_run_setup, run_tags, setup_mlflow
 
     logger = get_run_logger()
-    override_list = (SMOKE_OVERRIDES if smoke else []) + overrides_from(method, epochs, label_fractions, tune_trials, overrides)
-    if not smoke and restore_after_smoke():
+    if setup is None:
+        setup = prepare_run(params_file, [*overrides_from(method, epochs, label_fractions, tune_trials), *(overrides or [])],
+                            smoke)
+    if setup.restored_smoke:
         logger.info("params.yaml: restored the parameters it held before the last --smoke run")
-    params = resolve(Path(params_file), override_list)  # fails fast, naming a bad key
-    before = PARAMS_YAML.read_text() if PARAMS_YAML.exists() else ""
-    if write_params_yaml(Path(params_file), override_list):
+    if setup.params_changed:
         logger.info("params.yaml now holds this run's parameters (%s); `git diff params.yaml` shows them",
-                    ", ".join(override_list) or f"from {params_file}")
-    if smoke:
-        remember_smoke(before)
-    env = dict(os.environ)
-    ui_url = flow_run.ui_url or ""
-    env.update({
-        "SSLPIPE_PREFECT_FLOW_RUN_ID": str(flow_run.id),
-        # without a UI (ephemeral API) Prefect renders the URL as "None/flow-runs/..."
-        "SSLPIPE_PREFECT_RUN_URL": "" if ui_url.startswith("None") else ui_url,
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-    })
+                    ", ".join(setup.overrides) or f"from {setup.params_file}")
     setup_mlflow()
+    link = flow_run_link()
+    tags = {**run_tags("pipeline"), "prefect.flow_run_id": str(flow_run.id), "sslpipe.smoke": str(setup.smoke)}
+    if link:  # a real Prefect server: link the run to its flow run page
+        tags["prefect.flow_run_url"] = link
     outcomes: list[dict[str, Any]] = []
-    tags = {**run_tags("pipeline"), "prefect.flow_run_id": str(flow_run.id), "sslpipe.smoke": str(smoke)}
-    if env["SSLPIPE_PREFECT_RUN_URL"]:  # a real Prefect server: link the run to its flow run page
-        tags["prefect.flow_run_url"] = env["SSLPIPE_PREFECT_RUN_URL"]
     with mlflow.start_run(run_name=f"pipeline {flow_run.name}", tags=tags) as parent:
-        mlflow.log_params(flatten(params.to_dict()))
-        mlflow.log_dict({"overrides": override_list}, "overrides.json")
-        env[PARENT_RUN_ENV] = parent.info.run_id
+        log_run_setup(setup)
+        env = stage_env(str(flow_run.id), link, parent.info.run_id)
         try:
             for stage in STAGES:
                 step = run_register if stage == "register" else run_stage
@@ -194,8 +161,6 @@ def pipeline(
         metrics = read_json(paths.METRICS) if paths.METRICS.exists() else {}
         registration = read_json(paths.REGISTRATION) if paths.REGISTRATION.exists() else {}
         if metrics:
-            from tasks.evaluate import flat_metrics
-
             mlflow.log_metrics(flat_metrics(metrics))
         if paths.DATASET_INFO.exists():
             mlflow.set_tag("data.version", read_json(paths.DATASET_INFO)["version"])

@@ -4,10 +4,10 @@ promote the new model only when it beats the champion on the same test images.
 1. Ingest through DVC (new raw data or changed ingest params give a new data version).
 2. Compare with the champion: its ``data.version`` tag, and the drift score (MMD^2 of the
    champion's encoder features, its training images vs the new ones; ``retrain.drift_threshold``).
-3. Neither changed: record a skipped run and stop. Otherwise run the pipeline flow (its register
-   stage registers a challenger and never moves ``champion``), score challenger and champion on
-   the same test split through MLflow, and move ``champion`` only for a margin of
-   ``retrain.min_improvement``.
+3. Neither changed: record a skipped run and stop. Otherwise run the pipeline flow: its register
+   stage applies the registry's one promotion rule (``tasks.registry.gate``: challenger and
+   champion scored on the same test split through MLflow pyfunc, ``champion`` moves only for a
+   margin of ``register.min_improvement``).
 
 Two triggers at once: the second waits on ``.sslpipe/locks/retrain.lock`` and then finds nothing
 to do (or DVC finds every stage cached and register finds the version by its idempotency key), so
@@ -19,27 +19,20 @@ Every run leaves an MLflow run (tags ``retrain.decision``/``retrain.reason``, me
 from __future__ import annotations
 
 import math
-import os
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
-from flows.params_file import PARAMS_YAML, remember_smoke, resolve, restore_after_smoke, write_params_yaml
-from flows.pipeline import SMOKE_OVERRIDES, StageFailed, overrides_from, pipeline, run_stage
+from flows.pipeline import flow_run_link, pipeline, run_stage
 from tasks import paths
+from tasks.config import load_params
 from tasks.io import read_json
+from tasks.run_setup import prepare_run
 
 SKIPPED, PROMOTED, KEPT = "skipped", "promoted", "kept champion"
-
-
-def _flow_run_url() -> str:
-    url = flow_run.ui_url or ""
-    return "" if url.startswith("None") else url  # the ephemeral API has no UI
 
 
 def report_markdown(r: dict[str, Any]) -> str:
@@ -62,19 +55,23 @@ def report_markdown(r: dict[str, Any]) -> str:
         lines += ["", "| model | version | test top-1 (same images) |", "|---|---|---|",
                   f"| champion (before) | {r.get('champion_version') or '-'} | {fmt(r.get('champion_top1'))} |",
                   f"| challenger | {r.get('challenger_version') or '-'} | {fmt(r.get('challenger_top1'))} |",
-                  "", f"Promotion margin: {r['min_improvement']}. Champion now: version {r.get('champion_after') or '-'}."]
+                  "", f"Promotion margin (register.min_improvement): {r['min_improvement']}. Champion now: version {r.get('champion_after') or '-'}."]
     return "\n".join(lines) + "\n"
 
 
-def _record(client, experiment_id: str, r: dict[str, Any], markdown: str, overrides: list[str]) -> str:
+def _record(r: dict[str, Any], markdown: str, overrides: list[str]) -> str:
     """One MLflow run per retrain (through the client: no fluent run stays active, so the
     pipeline flow can open its own)."""
-    from tasks.tracking import run_tags
+    from mlflow import MlflowClient
 
+    from tasks.tracking import run_tags, setup_mlflow
+
+    experiment_id = setup_mlflow()
+    client = MlflowClient()
     tags = {**run_tags("retrain", r["data_version"]), "prefect.flow_run_id": str(flow_run.id),
             "retrain.decision": r["decision"], "retrain.reason": r["reason"][:4000]}
-    if _flow_run_url():
-        tags["prefect.flow_run_url"] = _flow_run_url()
+    if flow_run_link():
+        tags["prefect.flow_run_url"] = flow_run_link()
     for key in ("challenger_version", "champion_version", "champion_after", "pipeline_run_id"):
         if r.get(key):
             tags[f"retrain.{key}"] = str(r[key])
@@ -92,7 +89,7 @@ def _record(client, experiment_id: str, r: dict[str, Any], markdown: str, overri
 
 @flow(name="sslpipe-retrain", log_prints=True)
 def retrain(
-    overrides: dict[str, Any] | None = None,
+    overrides: list[str] | None = None,
     force: bool = False,
     smoke: bool = False,
     params_file: str = "params.yaml",
@@ -100,101 +97,79 @@ def retrain(
     """Retrain when the data changed or drifted since the champion; promote only a better model.
 
     Args:
-        overrides: parameters for this run, as ``{"section.key": value}`` (written into
-            params.yaml, as the pipeline flow does), e.g. ``{"retrain.min_improvement": 0.02}``.
+        overrides: parameters for this run, as ``section.key=value`` (written into params.yaml,
+            as the pipeline flow does), e.g. ``["register.min_improvement=0.02"]``.
         force: run the pipeline even when the data neither changed nor drifted.
         smoke: the pipeline's tiny slice (for a first taste and for tests).
         params_file: the parameters file to start from.
     """
-    from mlflow import MlflowClient
-
-    from tasks.dataset import load_dataset
     from tasks.locks import project_lock
-    from tasks.promotion import champion_drift, current_champion, promotion, score_top1
-    from tasks.register import ALIAS_ENV, CHALLENGER, CHAMPION
-    from tasks.tracking import setup_mlflow
 
     logger = get_run_logger()
-    override_list = (SMOKE_OVERRIDES if smoke else []) + overrides_from(overrides=overrides)
-    params = resolve(Path(params_file), override_list)  # fails fast, naming a bad key
-    cfg = params.retrain
-    name = params.register_.model_name
-    with project_lock("retrain", timeout_s=cfg.lock_timeout_s) as waited_s:
+    timeout_s = load_params(params_file, overrides or []).retrain.lock_timeout_s  # fails fast, naming a bad key
+    with project_lock("retrain", timeout_s=timeout_s) as waited_s:
         if waited_s > 1:
             logger.info("waited %.0f s for another retrain to finish", waited_s)
         # params.yaml holds this run's parameters, as the pipeline flow leaves it (DVC reads it)
-        if not smoke:
-            restore_after_smoke()
-        before = PARAMS_YAML.read_text() if PARAMS_YAML.exists() else ""
-        write_params_yaml(Path(params_file), override_list)
-        if smoke:
-            remember_smoke(before)
-        experiment_id = setup_mlflow()
-        client = MlflowClient()
-        env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-               "SSLPIPE_PREFECT_FLOW_RUN_ID": str(flow_run.id), "SSLPIPE_PREFECT_RUN_URL": _flow_run_url()}
-        run_stage("ingest", env)  # DVC reruns it only when the raw data or ingest params changed
-        data_version = read_json(paths.DATASET_INFO)["version"]
-        champion = current_champion(client, name)
-        r: dict[str, Any] = {
-            "data_version": data_version, "champion_version": champion.version if champion else None,
-            "champion_data_version": champion.data_version if champion else None,
-            "drift_threshold": cfg.drift_threshold, "min_improvement": cfg.min_improvement,
-            "waited_s": waited_s, "drift_score": None,
-        }
-        r["data_changed"] = champion is None or champion.data_version != data_version
-        if champion is not None:
-            x_train, _ = load_dataset(require_validation=False).split("train")
-            start = time.perf_counter()
-            r["drift_score"] = champion_drift(client, champion, x_train.numpy(), cfg.drift_images)
-            logger.info("drift score %s (threshold %s) in %.1f s", r["drift_score"], cfg.drift_threshold,
-                        time.perf_counter() - start)
-        r["drifted"] = r["drift_score"] is not None and r["drift_score"] > cfg.drift_threshold
-
-        if not (r["data_changed"] or r["drifted"] or force):
-            r.update(decision=SKIPPED, champion_after=r["champion_version"],
-                     reason=f"the data (version {data_version}) is the champion's and did not drift "
-                            f"(score {r['drift_score'] if r['drift_score'] is not None else 'n/a'} <= {cfg.drift_threshold})")
-        else:
-            why = "forced" if force and not (r["data_changed"] or r["drifted"]) else (
-                "no champion yet" if champion is None else
-                "the data changed since the champion was trained" if r["data_changed"] else "the data drifted")
-            logger.info("retraining: %s", why)
-            os.environ[ALIAS_ENV] = CHALLENGER  # register never moves champion; this flow decides below
-            try:
-                result = pipeline(overrides=overrides, smoke=smoke, params_file=params_file)
-            finally:
-                os.environ.pop(ALIAS_ENV, None)
-            r["pipeline_run_id"] = result.get("mlflow_run_id")
-            challenger = str(result["registration"]["version"])
-            r["challenger_version"] = challenger
-            champion = current_champion(client, name)  # as it is now, under the lock
-            r["champion_version"] = champion.version if champion else None
-            if champion is not None and champion.version == challenger:
-                r.update(decision=KEPT, champion_after=challenger,
-                         reason=f"{why}, but the pipeline produced the champion itself (version {challenger}): "
-                                "same data and params")
-            else:
-                data = load_dataset()
-                x_test, y_test = data.split("test")
-                r["challenger_top1"] = score_top1(f"models:/{name}/{challenger}", x_test, y_test)
-                if r["challenger_top1"] is None:
-                    raise StageFailed(f"version {challenger} cannot be scored on its own test data")
-                r["champion_top1"] = score_top1(f"models:/{name}/{champion.version}", x_test, y_test) if champion else None
-                promote, reason = promotion(r["challenger_top1"], r["champion_top1"], cfg.min_improvement)
-                for version, top1 in ((challenger, r["challenger_top1"]), (r["champion_version"], r["champion_top1"])):
-                    if version and top1 is not None:
-                        client.set_model_version_tag(name, version, f"top1.data.{data_version}", f"{top1:.4f}")
-                if promote:
-                    client.set_registered_model_alias(name, CHAMPION, challenger)
-                    client.delete_registered_model_alias(name, CHALLENGER)
-                else:
-                    client.set_registered_model_alias(name, CHALLENGER, challenger)
-                r.update(decision=PROMOTED if promote else KEPT, reason=f"{why}; {reason}",
-                         champion_after=challenger if promote else r["champion_version"])
+        setup = prepare_run(params_file, overrides or [], smoke)
+        r = _decide_and_run(setup, force, waited_s, logger)
         markdown = report_markdown(r)
-        r["mlflow_run_id"] = _record(client, experiment_id, r, markdown, override_list)
+        r["mlflow_run_id"] = _record(r, markdown, setup.overrides)
     logger.info("retrain: %s: %s", r["decision"], r["reason"])
     create_markdown_artifact(key="sslpipe-retrain", markdown=markdown, description="sslpipe retrain decision")
     r["flow_run_id"] = str(flow_run.id)
+    return r
+
+
+def _decide_and_run(setup, force: bool, waited_s: float, logger) -> dict[str, Any]:
+    """Ingest, compare with the champion, and run the pipeline when the data changed or drifted."""
+    from mlflow import MlflowClient
+
+    from tasks.dataset import load_dataset
+    from tasks.drift import champion_drift
+    from tasks.registry import current_champion
+    from tasks.tracking import setup_mlflow, stage_env
+
+    params = setup.typed
+    cfg, name = params.retrain, params.register_.model_name
+    setup_mlflow()
+    env = stage_env(str(flow_run.id), flow_run_link())
+    for stage in ("sources", "ingest"):  # DVC reruns ingest only when the source files or ingest params changed
+        run_stage(stage, env)
+    data_version = read_json(paths.DATASET_INFO)["version"]
+    champion = current_champion(MlflowClient(), name)
+    r: dict[str, Any] = {
+        "data_version": data_version, "champion_version": champion.version if champion else None,
+        "champion_data_version": champion.data_version if champion else None,
+        "drift_threshold": cfg.drift_threshold, "min_improvement": params.register_.min_improvement,
+        "waited_s": waited_s, "drift_score": None,
+    }
+    r["data_changed"] = champion is None or champion.data_version != data_version
+    if champion is not None:
+        x_train, _ = load_dataset(require_validation=False).split("train")
+        start = time.perf_counter()
+        r["drift_score"] = champion_drift(champion, x_train.numpy(), cfg.drift_images)
+        logger.info("drift score %s (threshold %s) in %.1f s", r["drift_score"], cfg.drift_threshold,
+                    time.perf_counter() - start)
+    r["drifted"] = r["drift_score"] is not None and r["drift_score"] > cfg.drift_threshold
+    if not (r["data_changed"] or r["drifted"] or force):
+        score = r["drift_score"] if r["drift_score"] is not None else "n/a"
+        r.update(decision=SKIPPED, champion_after=r["champion_version"],
+                 reason=f"the data (version {data_version}) is the champion's and did not drift "
+                        f"(score {score} <= {cfg.drift_threshold})")
+        return r
+    why = "forced" if force and not (r["data_changed"] or r["drifted"]) else (
+        "no champion yet" if champion is None else
+        "the data changed since the champion was trained" if r["data_changed"] else "the data drifted")
+    logger.info("retraining: %s", why)
+    result = pipeline(setup=setup)
+    reg = result["registration"]
+    r.update(pipeline_run_id=result.get("mlflow_run_id"), challenger_version=reg["version"],
+             champion_version=reg["champion_before"], challenger_top1=reg["challenger_top1"],
+             champion_top1=reg["champion_top1"], champion_after=reg["version"] if reg["promoted"] else reg["champion_before"])
+    if reg["champion_before"] == reg["version"]:
+        r.update(decision=KEPT, reason=f"{why}, but the pipeline produced the champion itself (version {reg['version']}): "
+                                       "same data and params")
+    else:
+        r.update(decision=PROMOTED if reg["promoted"] else KEPT, reason=f"{why}; {reg['reason']}")
     return r

@@ -44,25 +44,28 @@ class Dataset:
         """Image indices of a stratified, seeded ``fraction`` of the labeled train images (at least
         one per class). Subsets are nested: a smaller fraction's images are in a larger one's."""
         train = self.meta[(self.meta["split"] == "train") & self.meta["label"].notna()]
-        rng = np.random.default_rng(seed)
-        chosen = []
-        for _, group in train.groupby("label", sort=True):
-            order = group["index"].to_numpy()[rng.permutation(len(group))]
-            chosen.append(order[: max(1, round(fraction * len(group)))])
-        return np.sort(np.concatenate(chosen))
+        index = train["index"].to_numpy()
+        return index[stratified_pick(train["label"].to_numpy(dtype=np.int64), fraction, np.random.default_rng(seed))]
 
     def stratified_split(self, index: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-        """Split ``index`` into (rest, held-out ``fraction``), stratified by label, at least one held out per class."""
-        labels = self.meta.set_index("index").loc[index, "label"].to_numpy()
-        rng = np.random.default_rng(seed + 1)
-        held = []
-        for label in np.unique(labels):
-            members = index[labels == label]
-            members = members[rng.permutation(len(members))]
-            if len(members) > 1:
-                held.append(members[: max(1, round(fraction * len(members)))])
-        held_out = np.sort(np.concatenate(held)) if held else np.array([], dtype=index.dtype)
+        """Split ``index`` into (rest, held-out ``fraction``), stratified by label, at least one held
+        out per class that has two images or more."""
+        labels = self.meta.set_index("index").loc[index, "label"].to_numpy(dtype=np.int64)
+        held_out = index[stratified_pick(labels, fraction, np.random.default_rng(seed + 1), min_group=2)]
         return np.setdiff1d(index, held_out), held_out
+
+
+def stratified_pick(labels: np.ndarray, fraction: float, rng: np.random.Generator, min_group: int = 1) -> np.ndarray:
+    """Positions of a stratified random ``fraction`` of ``labels``: for each label value (in
+    sorted order) ``max(1, round(fraction * n))`` of its ``n`` members, in ascending order.
+    Label values with fewer than ``min_group`` members give none."""
+    chosen = []
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        members = members[rng.permutation(len(members))]
+        if len(members) >= min_group:
+            chosen.append(members[: max(1, round(fraction * len(members)))])
+    return np.sort(np.concatenate(chosen)) if chosen else np.array([], dtype=np.int64)
 
 
 def load_dataset(directory: Path = paths.DATASET_DIR, require_validation: bool = True) -> Dataset:

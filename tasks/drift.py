@@ -4,12 +4,17 @@ with an RBF kernel whose bandwidth is the median pairwise distance of the pooled
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ssl_models.evaluation import extract_features
+from tasks.models import load_classifier
+from tasks.registry import Champion
 
 REFERENCE_IMAGES = 1000  # training images a registered model keeps as its drift reference
 
@@ -49,3 +54,34 @@ def embedding_drift(encoder: nn.Module, reference: np.ndarray, new: np.ndarray) 
     f_ref = F.normalize(extract_features(encoder, torch.from_numpy(reference)), dim=1)
     f_new = F.normalize(extract_features(encoder, torch.from_numpy(new)), dim=1)
     return mmd_rbf(f_ref, f_new)
+
+
+def champion_drift(champion: Champion, new_train: np.ndarray, images: int, seed: int = 0) -> float | None:
+    """MMD^2 between the champion's encoder features of its training images (the reference it
+    logged at registration) and of a sample of ``new_train`` (uint8 (N, C, H, W)).
+
+    Returns:
+        The score; None when the champion's run holds no drift reference (registered before
+        sslpipe logged one); ``inf`` when the image shapes differ.
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    if not champion.run_id:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(run_id=champion.run_id, artifact_path="drift", dst_path=tmp))
+        except (MlflowException, OSError):
+            return None
+        reference_file = local / "reference_images.npy"
+        classifiers = sorted(local.glob("*.pt"))
+        if not reference_file.exists() or not classifiers:
+            return None
+        reference = np.load(reference_file)
+        classifier, _ = load_classifier(classifiers[0])
+    reference = sample_rows(reference, images, seed)
+    new = sample_rows(new_train, images, seed)
+    if reference.shape[1:] != new.shape[1:]:
+        return float("inf")
+    return embedding_drift(classifier.encoder, reference, new)

@@ -4,8 +4,6 @@ and supervised-baseline top-1 per label fraction; per-class accuracy; plots."""
 
 from __future__ import annotations
 
-import csv
-import io
 from typing import Any
 
 import numpy as np
@@ -16,7 +14,8 @@ from ssl_models.evaluation import extract_features, knn_top1, linear_probe
 from tasks import paths, plots
 from tasks.config import EvaluateParams, FinetuneParams
 from tasks.dataset import load_dataset
-from tasks.io import write_json, write_text
+from tasks.io import write_csv, write_json
+from tasks.metrics import flat_metrics
 from tasks.models import build_encoder, load_classifier, load_encoder
 from tasks.tune import ARMS
 
@@ -68,11 +67,8 @@ def evaluate(cfg: EvaluateParams, finetune_cfg: FinetuneParams, log_mlflow: bool
     write_json(paths.METRICS, metrics)
 
     # plots: a CSV DVC can render (`dvc plots show`), PNGs for people and MLflow
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow(["actual", "predicted"])
-    writer.writerows(zip((data.classes[i] for i in y_test.tolist()), (data.classes[i] for i in pred.tolist())))
-    write_text(paths.PLOTS / "confusion.csv", buf.getvalue())
+    write_csv(paths.PLOTS / "confusion.csv", ["actual", "predicted"],
+              zip((data.classes[i] for i in y_test.tolist()), (data.classes[i] for i in pred.tolist())))
     cm_fig = plots.confusion_matrix_figure(cm, data.classes, f"fine-tuned, {largest} of labels: top-1 {metrics['model_top1']:.3f}")
     n_emb = min(cfg.embedding_plot_images, len(y_test))
     emb_fig = plots.embedding_figure(f_test[:n_emb], y_test[:n_emb].numpy(), data.classes, "SSL features of test images (PCA)")
@@ -86,12 +82,3 @@ def evaluate(cfg: EvaluateParams, finetune_cfg: FinetuneParams, log_mlflow: bool
     plots.save(cm_fig, paths.PLOTS / "confusion_matrix.png")
     plots.save(emb_fig, paths.PLOTS / "embeddings_pca.png")
     return metrics
-
-
-def flat_metrics(metrics: dict[str, Any]) -> dict[str, float]:
-    """metrics.json -> MLflow metric names: ``knn_top1``, ``frac_0.01/finetune_top1``, ``class/Coat``."""
-    out = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
-    for fraction, entry in metrics.get("fractions", {}).items():
-        out.update({f"frac_{fraction}/{k}": float(v) for k, v in entry.items()})
-    out.update({f"class/{name.replace('/', '-')}": v for name, v in metrics.get("per_class_top1", {}).items()})
-    return out

@@ -10,12 +10,12 @@ from typing import Any
 import torch
 
 from ssl_models import checkpoint
-from ssl_models.classifier import Classifier, FinetuneConfig, train_classifier
+from ssl_models.classifier import Classifier, train_classifier
 from tasks import paths
 from tasks.config import FinetuneParams
 from tasks.dataset import load_dataset
 from tasks.io import write_json
-from tasks.models import build_encoder, save_classifier
+from tasks.models import build_encoder, finetune_config, save_classifier
 from tasks.tune import ARMS, load_best
 
 
@@ -40,9 +40,7 @@ def finetune(cfg: FinetuneParams, progress: bool = True, log_mlflow: bool = True
             torch.manual_seed(cfg.seed)
             model = Classifier(encoder, data.num_classes)
             hp = best[arm]
-            ft_cfg = FinetuneConfig(epochs=hp["epochs"], lr=hp["lr"], weight_decay=hp["weight_decay"],
-                                    freeze_encoder=hp["freeze_encoder"], batch_size=cfg.batch_size,
-                                    min_steps=cfg.min_steps, seed=cfg.seed)
+            ft_cfg = finetune_config(hp, batch_size=cfg.batch_size, min_steps=cfg.min_steps, seed=cfg.seed)
             history = train_classifier(model, x, y, ft_cfg)
             model.cpu().to(memory_format=torch.contiguous_format)
             save_classifier(model, blob["spec"], data.num_classes, paths.classifier_path(arm, fraction),

@@ -14,6 +14,7 @@ from ssl_models.data import FASHION_MNIST_CLASSES, DataError, read_fashion_mnist
 from ssl_models.data.fashion_mnist import download_fashion_mnist
 from tasks import paths
 from tasks.config import IngestParams
+from tasks.dataset import stratified_pick
 from tasks.io import atomic_dir, write_json
 
 
@@ -41,22 +42,13 @@ def _fashion_mnist(cfg: IngestParams) -> tuple[dict[str, Split], list[str]]:
     except DataError:
         if not cfg.download:
             raise
-        directory = download_fashion_mnist(paths.STATE / "downloads")
+        directory = download_fashion_mnist(paths.DOWNLOADS)
         splits = read_fashion_mnist(directory)
     out = {
         name: Split(images, labels, [f"{directory}/{name}#{i}" for i in range(len(images))])
         for name, (images, labels) in splits.items()
     }
     return out, list(FASHION_MNIST_CLASSES)
-
-
-def _stratified_take(labels: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
-    """Indices of a stratified ``fraction`` (unlabeled images count as one more stratum)."""
-    chosen = []
-    for label in np.unique(labels):
-        members = np.flatnonzero(labels == label)
-        chosen.append(rng.permutation(members)[: max(1, round(fraction * len(members)))])
-    return np.sort(np.concatenate(chosen))
 
 
 def _image_folder(cfg: IngestParams) -> tuple[dict[str, Split], list[str]]:
@@ -73,7 +65,7 @@ def _image_folder(cfg: IngestParams) -> tuple[dict[str, Split], list[str]]:
         test = Split(data.images, data.labels, data.paths)
     elif parts:
         train = parts[0]
-        held = _stratified_take(train.labels, f.test_fraction, np.random.default_rng(cfg.seed))
+        held = stratified_pick(train.labels, f.test_fraction, np.random.default_rng(cfg.seed))
         keep = np.setdiff1d(np.arange(len(train.labels)), held)
         test = Split(train.images[held], train.labels[held], [train.sources[i] for i in held])
         parts[0] = Split(train.images[keep], train.labels[keep], [train.sources[i] for i in keep])
@@ -95,7 +87,7 @@ def _image_folder(cfg: IngestParams) -> tuple[dict[str, Split], list[str]]:
 def _limit(split: Split, limit: int | None, seed: int) -> Split:
     if limit is None or limit >= len(split.labels):
         return split
-    idx = _stratified_take(split.labels, limit / len(split.labels), np.random.default_rng(seed))[:limit]
+    idx = stratified_pick(split.labels, limit / len(split.labels), np.random.default_rng(seed))[:limit]
     return Split(split.images[idx], split.labels[idx], [split.sources[i] for i in idx])
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+SOURCES = Path("data/sources.json")  # the manifest of the files ingest reads (path, size, mtime)
 DATASET_DIR = Path("data/dataset")
 IMAGES = DATASET_DIR / "images.npy"  # uint8 (N, C, H, W)
 METADATA = DATASET_DIR / "metadata.parquet"  # one row per image
@@ -27,6 +28,8 @@ CLASSIFIERS = MODELS / "classifiers"
 STATE = Path(".sslpipe")  # scratch that survives runs but is no result: checkpoints, Ray results
 PRETRAIN_CHECKPOINT = STATE / "checkpoints" / "pretrain.pt"
 RAY_RESULTS = STATE / "ray"
+DOWNLOADS = STATE / "downloads"  # Fashion-MNIST fetched by torchvision (ingest.download: true)
+STAGE_RESULTS = STATE / "stage_results"  # each stage's summary, for the run's table
 
 
 def classifier_path(arm: str, fraction: float) -> Path:

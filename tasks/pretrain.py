@@ -3,10 +3,8 @@ unused), resuming from the last checkpoint if a run was killed. Writes ``models/
 
 from __future__ import annotations
 
-import csv
-import io
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import torch
@@ -18,7 +16,7 @@ from ssl_models.methods import method_class
 from tasks import paths, plots
 from tasks.config import PretrainParams
 from tasks.dataset import Dataset, load_dataset
-from tasks.io import write_json, write_text
+from tasks.io import write_csv, write_json
 from tasks.models import build_encoder, encoder_spec, save_encoder
 
 
@@ -35,13 +33,10 @@ class PretrainResult:
 
 
 def train_config(cfg: PretrainParams) -> TrainConfig:
-    return TrainConfig(
-        epochs=cfg.epochs, batch_size=cfg.batch_size, optimizer=cfg.optimizer, lr=cfg.lr,
-        weight_decay=cfg.weight_decay, warmup_epochs=cfg.warmup_epochs, grad_clip=cfg.grad_clip,
-        precision=cfg.precision, channels_last=cfg.channels_last, compile=cfg.compile, seed=cfg.seed,
-        images_per_epoch=cfg.images_per_epoch, checkpoint_every=cfg.checkpoint_every, device=cfg.device,
-        log_every=1,
-    )
+    """The engine's config from the pretrain section: every field the section has comes from it
+    (the typed config is the one source of defaults); the loss is logged every 10 steps."""
+    shared = {f.name: getattr(cfg, f.name) for f in fields(TrainConfig) if f.name in PretrainParams.model_fields}
+    return TrainConfig(**shared, log_every=10)
 
 
 def build_method(cfg: PretrainParams, train_images: torch.Tensor):
@@ -123,11 +118,7 @@ def pretrain(cfg: PretrainParams, progress: bool = True, log_mlflow: bool = True
         resumed_from_step=result.resumed_from_step,
     )
     write_json(paths.PRETRAIN_HISTORY, {"summary": asdict(out), "epochs": history})
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow(["step", "loss"])
-    writer.writerows(steps_log)
-    write_text(paths.PLOTS / "pretrain_loss.csv", buf.getvalue())
+    write_csv(paths.PLOTS / "pretrain_loss.csv", ["step", "loss"], steps_log)
     if mlflow:
         mlflow.log_metrics({"pretrain/images_per_sec_mean": result.images_per_sec})
         if steps_log:

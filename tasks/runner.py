@@ -11,6 +11,10 @@ from tasks.config import STAGES, Params
 
 
 def _call(name: str, params: Params, progress: bool) -> Any:
+    if name == "sources":
+        from tasks.sources import refresh_sources
+
+        return refresh_sources(params.ingest)
     if name == "ingest":
         from tasks.ingest import ingest
 
@@ -38,8 +42,7 @@ def _call(name: str, params: Params, progress: bool) -> Any:
         return evaluate(params.evaluate, params.finetune)
     if name == "register":
         from tasks.register import register
-
-        from tasks.register import params_hash
+        from tasks.registry import params_hash
 
         return register(params.register_, params.finetune, params_digest=params_hash(params.to_dict()))
     raise ValueError(f"unknown stage {name!r}; choose one of {', '.join(STAGES)}")
@@ -48,7 +51,7 @@ def _call(name: str, params: Params, progress: bool) -> Any:
 def _section(name: str, params: Params) -> dict[str, Any]:
     """The params a stage reads: its own section, plus the label fractions for the later stages."""
     data = params.to_dict()
-    out = dict(data[name])
+    out = dict(data["ingest" if name == "sources" else name])
     if name in ("tune", "finetune", "evaluate", "register"):
         out["finetune.label_fractions"] = data["finetune"]["label_fractions"]
     return out
@@ -65,7 +68,7 @@ def run_stage(name: str, params: Params, progress: bool = True) -> dict[str, Any
     if name not in STAGES:
         raise ValueError(f"unknown stage {name!r}; choose one of {', '.join(STAGES)}")
     data_version = None
-    if name != "ingest":
+    if name not in ("sources", "ingest"):
         from tasks import paths
         from tasks.io import read_json
 

@@ -10,7 +10,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-PARENT_RUN_ENV = "SSLPIPE_PARENT_RUN_ID"  # set by the pipeline flow for the stages it runs
+# what the pipeline flow tells the stages it runs through DVC (subprocesses): the MLflow run to nest
+# under and the Prefect flow run to link to
+PARENT_RUN_ENV = "SSLPIPE_PARENT_RUN_ID"
+FLOW_RUN_ID_ENV = "SSLPIPE_PREFECT_FLOW_RUN_ID"
+FLOW_RUN_URL_ENV = "SSLPIPE_PREFECT_RUN_URL"
 DEFAULT_EXPERIMENT = "sslpipe"
 
 
@@ -82,7 +86,7 @@ def run_tags(stage: str, data_version: str | None = None) -> dict[str, str]:
         tags["data.version"] = data_version
     if dvc_hash := dvc_data_hash():
         tags["dvc.data_md5"] = dvc_hash
-    for env, tag in (("SSLPIPE_PREFECT_FLOW_RUN_ID", "prefect.flow_run_id"), ("SSLPIPE_PREFECT_RUN_URL", "prefect.flow_run_url")):
+    for env, tag in ((FLOW_RUN_ID_ENV, "prefect.flow_run_id"), (FLOW_RUN_URL_ENV, "prefect.flow_run_url")):
         if os.environ.get(env):
             tags[tag] = os.environ[env]
     return tags
@@ -99,3 +103,46 @@ def stage_run(stage: str, params: Mapping[str, Any], data_version: str | None = 
     with mlflow.start_run(run_name=stage, parent_run_id=parent, tags=run_tags(stage, data_version)) as run:
         mlflow.log_params({f"{stage}.{k}": v for k, v in flatten(params).items()})
         yield run
+
+
+def stage_env(flow_run_id: str, flow_run_url: str = "", parent_run_id: str | None = None) -> dict[str, str]:
+    """The environment for stages run as subprocesses (``dvc repro``): this one, the virtual
+    environment's ``bin`` first on PATH (``sslpipe``, ``dvc``), and the run links above."""
+    import sys
+
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+           FLOW_RUN_ID_ENV: flow_run_id, FLOW_RUN_URL_ENV: flow_run_url}
+    if parent_run_id:
+        env[PARENT_RUN_ENV] = parent_run_id
+    return env
+
+
+def log_run_setup(setup: Any) -> None:
+    """Log a prepared run (``tasks.run_setup.RunSetup``) to the active MLflow run: every resolved
+    parameter, and the overrides as given."""
+    import mlflow
+
+    mlflow.log_params(flatten(setup.params))
+    mlflow.log_dict({"params_file": setup.params_file, "overrides": setup.overrides, "smoke": setup.smoke},
+                    "overrides.json")
+
+
+PIPELINE_FILTER = "tags.`sslpipe.stage` = 'pipeline'"
+
+
+def find_runs(client, experiment_id: str, run_ids: list[str] | None = None, last: int = 5) -> list[Any]:
+    """The runs named by ``run_ids`` (a prefix of 8+ characters is enough), else the ``last``
+    pipeline runs, newest first."""
+    if run_ids:
+        runs = []
+        for rid in run_ids:
+            if len(rid) == 32:
+                runs.append(client.get_run(rid))
+                continue
+            found = [r for r in client.search_runs([experiment_id], max_results=1000) if r.info.run_id.startswith(rid)]
+            if len(found) != 1:
+                raise KeyError(f"run {rid!r}: {'no run' if not found else f'{len(found)} runs'} in the experiment match")
+            runs.append(found[0])
+        return runs
+    return client.search_runs([experiment_id], filter_string=PIPELINE_FILTER, order_by=["attributes.start_time DESC"],
+                              max_results=last)

@@ -16,6 +16,7 @@ from tasks import paths
 from tasks.config import FinetuneParams, TuneParams
 from tasks.dataset import load_dataset
 from tasks.io import read_json, write_json
+from tasks.models import TUNED_KEYS
 
 ARMS = ("finetune", "supervised")
 
@@ -31,8 +32,8 @@ def _trial(config: dict[str, Any], data: dict[str, Any]) -> None:
     from ray import tune
 
     from ssl_models import checkpoint
-    from ssl_models.classifier import Classifier, FinetuneConfig, train_classifier
-    from tasks.models import build_encoder
+    from ssl_models.classifier import Classifier, train_classifier
+    from tasks.models import build_encoder, finetune_config
 
     torch.set_num_threads(max(1, int(data["threads"])))
     blob = checkpoint.load(data["encoder_path"])
@@ -40,10 +41,7 @@ def _trial(config: dict[str, Any], data: dict[str, Any]) -> None:
     if config["arm"] == "finetune":
         encoder.load_state_dict(blob["state_dict"])
     model = Classifier(encoder, data["num_classes"])
-    cfg = FinetuneConfig(
-        epochs=config["epochs"], lr=config["lr"], weight_decay=config["weight_decay"],
-        freeze_encoder=config["freeze_encoder"], batch_size=data["batch_size"], min_steps=0, seed=data["seed"],
-    )
+    cfg = finetune_config(config, batch_size=data["batch_size"], min_steps=0, seed=data["seed"])
     train_classifier(
         model, data["x_train"], data["y_train"], cfg, val=(data["x_val"], data["y_val"]),
         on_epoch=lambda epoch, m: tune.report({"val_top1": m["val_top1"], "train_loss": m["train_loss"], "epoch": epoch}),
@@ -165,12 +163,12 @@ def tune_stage(cfg: TuneParams, finetune_cfg: FinetuneParams, progress: bool = T
             if errors and len(errors) == len(results):
                 raise RuntimeError(f"every {arm} trial failed; first error: {errors[0]}")
             top = results.get_best_result(metric="val_top1", mode="max", scope="all")
-            best[arm] = {k: top.config[k] for k in ("lr", "weight_decay", "epochs", "freeze_encoder")}
+            best[arm] = {k: top.config[k] for k in TUNED_KEYS}
             best[arm]["val_top1"] = float(top.metrics_dataframe["val_top1"].max())
             trials += len(results)
             df = results.get_dataframe(filter_metric="val_top1", filter_mode="max")
             for _, row in df.iterrows():
-                table.append({"arm": arm, **{k: row.get(f"config/{k}") for k in ("lr", "weight_decay", "epochs", "freeze_encoder")},
+                table.append({"arm": arm, **{k: row.get(f"config/{k}") for k in TUNED_KEYS},
                               "val_top1": float(row["val_top1"]), "epochs_run": int(row["training_iteration"])})
     finally:
         if not os.environ.get("RAY_ADDRESS"):

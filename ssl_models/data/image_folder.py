@@ -11,7 +11,12 @@ from PIL import Image, UnidentifiedImageError
 
 from ssl_models.data.errors import DataError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+def image_files(directory: Path) -> list[Path]:
+    """Every image file under ``directory`` (recursively, by suffix), sorted."""
+    return sorted(p for p in directory.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 @dataclass
@@ -23,12 +28,9 @@ class ImageFolderData:
     paths: list[str] = field(default_factory=list)
 
 
-def _image_files(directory: Path) -> list[Path]:
-    return sorted(p for p in directory.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-
-
 def load_image(path: Path, image_size: int, channels: int) -> np.ndarray:
-    """Decode one image, convert to ``channels`` and resize to a square ``image_size``.
+    """Decode one image, convert to ``channels`` and resize to a square ``image_size``: the one
+    decoder for ingest (training data) and prediction (served data).
 
     Returns:
         uint8 (C, H, W).
@@ -76,10 +78,10 @@ def read_image_folder(
         if unknown:
             raise DataError(f"{root}: class folders {unknown} are not among the classes {classes}")
         files = [(p, label) for label, name in enumerate(classes) if (root / name).is_dir()
-                 for p in _image_files(root / name)]
+                 for p in image_files(root / name)]
     else:
         classes = list(classes or [])
-        files = [(p, -1) for p in _image_files(root)]
+        files = [(p, -1) for p in image_files(root)]
     if not files:
         raise DataError(f"{root}: no images ({', '.join(IMAGE_SUFFIXES)}) found")
     images = np.empty((len(files), channels, image_size, image_size), dtype=np.uint8)

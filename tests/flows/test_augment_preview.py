@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from flows.cli import app
+from cli import app
 from tasks.config import IngestParams
 from tasks.ingest import ingest
 from tests.fixtures import write_fashion_mnist

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from flows.cli import app
+from cli import app
 
 REPO = Path(__file__).resolve().parents[2]
-STAGE_NAMES = ("ingest", "validate", "pretrain", "tune", "finetune", "evaluate", "register")
+STAGE_NAMES = ("sources", "ingest", "validate", "pretrain", "tune", "finetune", "evaluate", "register")
 
 
 @pytest.fixture
@@ -126,7 +126,8 @@ def test_run_good_override_reaches_the_pipeline(cli_project: Path, pipeline_call
     result, text = invoke("run", "--set", "pretrain.epochs=1")
     assert result.exit_code == 0, text
     assert len(pipeline_calls) == 1
-    assert pipeline_calls[0]["overrides"] == {"pretrain.epochs": "1"} and pipeline_calls[0]["smoke"] is False
+    setup = pipeline_calls[0]["setup"]  # prepared once, by the command, and handed to the flow
+    assert setup.overrides == ["pretrain.epochs=1"] and setup.smoke is False and setup.typed.pretrain.epochs == 1
     assert "skipped" in text
 
 

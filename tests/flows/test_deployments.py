@@ -25,7 +25,7 @@ def test_deployments_have_schedule_and_parameter_schema(served):
     props = pipeline.parameter_openapi_schema["properties"]
     for name in ("method", "epochs", "label_fractions", "tune_trials", "overrides"):
         assert name in props, name
-    assert "object" in json.dumps(props["overrides"])  # a {"section.key": value} mapping, edited as JSON
+    assert '"string"' in json.dumps(props["overrides"])  # ["section.key=value", ...], as `sslpipe run --set` takes them
     assert '"simclr", "moco", "byol"' in json.dumps(props["method"])  # a drop-down of the methods
     assert not pipeline.schedules
     cfg = load_params(project / "params.yaml").retrain
@@ -42,7 +42,7 @@ def test_a_ui_triggered_run_records_its_overrides(served):
         dep = c.read_deployment_by_name("sslpipe-pipeline/pipeline")
         start = time.perf_counter()
         run = c.create_flow_run_from_deployment(
-            dep.id, parameters={"smoke": True, "overrides": {"evaluate.embedding_plot_images": current}})
+            dep.id, parameters={"smoke": True, "overrides": [f"evaluate.embedding_plot_images={current}"]})
         running_s = None
         while time.perf_counter() - start < 600:
             state = c.read_flow_run(run.id).state

@@ -96,7 +96,7 @@ def test_two_concurrent_triggers_register_one_version_and_promote_the_better_mod
     bad = _register_bad_champion(client, project)
     _, before, _ = _registry(project)
     # new data (another sample), a challenger that learns, a margin it clears against a constant model
-    cmd = ["sslpipe", "retrain", "--smoke", *_sets(["ingest.seed=1", "retrain.min_improvement=0.0", *LEARNS, *FAST])]
+    cmd = ["sslpipe", "retrain", "--smoke", *_sets(["ingest.seed=1", "register.min_improvement=0.0", *LEARNS, *FAST])]
     procs = [subprocess.Popen(cmd, cwd=project, env=project_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True) for _ in range(2)]
     outs = [p.communicate(timeout=1500)[0] for p in procs]
@@ -119,7 +119,7 @@ def test_keeps_the_champion_when_the_challenger_loses(ops_project):
     # register stage finds that version by its idempotency key; a margin no model can clear
     first = str(before[0])
     client.set_registered_model_alias("sslpipe-classifier", "champion", first)
-    out = sslpipe(project, "retrain", "--smoke", *_sets(["ingest.seed=1", "retrain.min_improvement=1.0", *LEARNS, *FAST]),
+    out = sslpipe(project, "retrain", "--smoke", *_sets(["ingest.seed=1", "register.min_improvement=1.0", *LEARNS, *FAST]),
                   timeout=1500).stdout
     assert "kept champion" in out, out
     client, after, aliases = _registry(project)

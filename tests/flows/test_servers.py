@@ -9,7 +9,7 @@ import urllib.request
 
 import pytest
 
-from flows.servers import group_alive, pid_alive, status
+from cli.servers import group_alive, pid_alive, status
 from tests.flows.conftest import server_state, sslpipe
 
 pytestmark = pytest.mark.e2e
