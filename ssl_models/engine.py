@@ -12,20 +12,18 @@ import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 from tqdm.auto import tqdm
 
-from ssl_models import checkpoint, training
+from ssl_models import training
 from ssl_models.methods.base import SSLMethod, SSLOutput
-from ssl_models.optim import LARS
-from ssl_models.training import LossMeter, Runtime, Schedule, Throughput
+from ssl_models.optim import _param_groups, build_optimizer  # noqa: F401  (part of the engine's API)
+from ssl_models.run_state import RunState, resume, save_checkpoint
+from ssl_models.training import Runtime, Schedule, Throughput
 
-#: what a non-finite pretraining loss suggests
-NAN_ADVICE = "lower pretrain.lr or use fp32"
 
 
 @dataclass
@@ -87,28 +85,6 @@ StepCallback = Callable[[int, dict[str, float]], None]
 EpochCallback = Callable[[int, SSLMethod], dict[str, float]]
 
 
-def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Trainable weights (decayed) and biases/norm parameters (not decayed), in that order."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (decay if p.ndim > 1 else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """The optimizer ``cfg.optimizer`` over ``_param_groups(model)`` (lr set by the schedule)."""
-    groups = _param_groups(model, cfg.weight_decay)
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr)
-    if cfg.optimizer == "lars":
-        decay, no_decay = groups
-        return LARS([decay, {**no_decay, "lars_exclude": True}], lr=cfg.lr, momentum=cfg.momentum)
-    raise ValueError(f"unknown optimizer {cfg.optimizer!r}; choose sgd, adamw or lars")
-
-
 def embedding_std(z: Tensor) -> float:
     """Mean per-dimension std of L2-normalized embeddings: about 1/sqrt(D) when healthy, 0 at
     collapse (SimSiam, Chen & He 2021, section 4.1)."""
@@ -135,61 +111,6 @@ def pretrain_schedule(n: int, cfg: TrainConfig) -> Schedule:
     steps_per_epoch = max(per_epoch // cfg.batch_size, 1)
     return Schedule(min(cfg.batch_size, n), steps_per_epoch, cfg.epochs * steps_per_epoch,
                     int(cfg.warmup_epochs * steps_per_epoch), cfg.lr * cfg.batch_size / 256)
-
-
-@dataclass
-class RunState:
-    """What a run carries from step to step, and what its checkpoint holds besides the weights."""
-
-    step: int  # global steps done
-    history: list[dict[str, float]]  # one record per finished epoch
-    meter: LossMeter  # the current epoch's running loss, on the device
-    fingerprint: str  # the run's ``_fingerprint``: a checkpoint with another is not resumed
-    path: Path | None  # the checkpoint file; None: no checkpoints
-
-
-def resume(path: Path | None, rt: Runtime, fingerprint: str) -> RunState:
-    """The state to start from: the checkpoint at ``path`` if it is of this run (weights, optimizer,
-    scaler and CPU RNG restored into ``rt``), else step 0 (with a warning if another run's)."""
-    fresh = RunState(0, [], LossMeter(rt.device, NAN_ADVICE), fingerprint, path)
-    if path is None or not path.exists():
-        return fresh
-    state = checkpoint.load(path)
-    if state.get("fingerprint") != fingerprint:
-        warnings.warn(f"{path}: checkpoint is from another config or data; starting afresh", stacklevel=3)
-        return fresh
-    rt.module.load_state_dict(state["method"])
-    rt.optimizer.load_state_dict(state["optimizer"])
-    rt.scaler.load_state_dict(state["scaler"])
-    torch.set_rng_state(state["rng_cpu"])
-    if "epoch_loss" in state:
-        total, count = float(state["epoch_loss"]["total"]), int(state["epoch_loss"]["count"])
-    else:  # written before the loss meter: the epoch's losses as a list
-        losses = [float(v) for v in state.get("epoch_losses", [])]
-        total, count = sum(losses), len(losses)
-    meter = LossMeter(rt.device, NAN_ADVICE, total, count)
-    return RunState(int(state["step"]), list(state["history"]), meter, fingerprint, path)
-
-
-def save_checkpoint(state: RunState, rt: Runtime) -> None:
-    """Write ``state`` and ``rt``'s weights, optimizer, scaler and CPU RNG atomically to
-    ``state.path`` (nothing if None). Reads the loss back first, so a non-finite loss raises
-    instead of being saved."""
-    if state.path is None:
-        return
-    checkpoint.save_atomic(
-        {
-            "fingerprint": state.fingerprint,
-            "step": state.step,
-            "method": rt.module.state_dict(),
-            "optimizer": rt.optimizer.state_dict(),
-            "scaler": rt.scaler.state_dict(),
-            "rng_cpu": torch.get_rng_state(),
-            "history": state.history,
-            "epoch_loss": state.meter.state_dict(),  # so a mid-epoch resume averages the whole epoch
-        },
-        state.path,
-    )
 
 
 def ssl_step(rt: Runtime, method: SSLMethod, batch: Tensor, state: RunState, sched: Schedule, cfg: TrainConfig,

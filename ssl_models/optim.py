@@ -4,10 +4,13 @@ arXiv:1708.03888), the optimizer SimCLR, BYOL, Barlow Twins, VICReg and SwAV tra
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from ssl_models.engine import TrainConfig
 
 
 class LARS(torch.optim.Optimizer):
@@ -66,3 +69,25 @@ class LARS(torch.optim.Optimizer):
                     state["momentum_buffer"].mul_(group["momentum"]).add_(d)
                 p.add_(state["momentum_buffer"], alpha=-group["lr"])
         return loss
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Trainable weights (decayed) and biases/norm parameters (not decayed), in that order."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim > 1 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """The optimizer ``cfg.optimizer`` over ``_param_groups(model)`` (lr set by the schedule)."""
+    groups = _param_groups(model, cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr)
+    if cfg.optimizer == "lars":
+        decay, no_decay = groups
+        return LARS([decay, {**no_decay, "lars_exclude": True}], lr=cfg.lr, momentum=cfg.momentum)
+    raise ValueError(f"unknown optimizer {cfg.optimizer!r}; choose sgd, adamw or lars")

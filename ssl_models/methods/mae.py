@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ssl_models.augment import ViewAugment
 from ssl_models.backbones import VIT_BACKBONES, Encoder

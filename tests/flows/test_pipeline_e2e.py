@@ -15,8 +15,9 @@ from tests.conftest import copy_project, subprocess_env
 pytestmark = pytest.mark.e2e
 
 def ran_stages(output: str) -> list[str]:
-    """The stages DVC ran, from its words "Running stage 'NAME'"."""
-    return re.findall(r"Running stage '(\w+)'", output)
+    """The stages DVC ran, from its words "Running stage 'NAME'" (each line may show twice: on the
+    terminal and in the Prefect log)."""
+    return sorted(set(re.findall(r"Running stage '(\w+)'", output)))
 
 
 OUTPUTS = ["data/sources.json", "data/dataset/images.npy", "models/encoder.pt", "models/tune/best.json", "reports/metrics.json"]
