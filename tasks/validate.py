@@ -2,6 +2,11 @@
 
 Writes ``reports/validation.json`` (every check, pass or fail, with example failing rows) and a
 readable ``reports/validation.md``. The stages after it refuse to run unless it passed.
+
+Beyond the schemas: the splits agree on the image shape; no test image has an exact or near copy
+in the training pool (re-encoded, resized, a few pixels changed: ``tasks/duplicates.py``) past a
+tolerance; duplicates inside the pool and degenerate (constant) images are counted, and fail past
+their thresholds. A check that passed but found something is a warning, listed in the report.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import numpy as np
 import pandas as pd
 import pandera.pandas as pa
 
-from tasks import paths
+from tasks import duplicates, paths
 from tasks.config import ValidateParams
 from tasks.io import read_json, write_json, write_text
 
@@ -30,6 +35,9 @@ class CheckResult:
     failures: int = 0
     message: str = ""
     examples: list[dict[str, Any]] | None = None
+
+    def __post_init__(self) -> None:
+        self.passed, self.failures = bool(self.passed), int(self.failures)  # JSON-ready, not numpy
 
 
 def metadata_schema(num_images: int, num_classes: int, shape: tuple[int, int, int]) -> pa.DataFrameSchema:
@@ -145,11 +153,13 @@ def run_checks(directory: Path, cfg: ValidateParams) -> tuple[list[CheckResult],
 
     results += _schema_check("metadata", metadata_schema(len(images), len(classes), tuple(images.shape[1:])),
                              meta, keep, cfg.max_examples)
+    results.append(_split_shapes(meta, cfg.max_examples))
 
     max_value = 255.0 if images.dtype == np.uint8 else 1.0
     stats = image_stats(images, meta["id"])
     stats_with_meta = stats.join(meta[["index", "split", "label", "source"]])
     results += _schema_check("pixels", image_stats_schema(max_value), stats_with_meta, keep + ["min", "max", "nonfinite"], cfg.max_examples)
+    results.append(_degenerate(stats_with_meta, max_value, cfg))
 
     # no train/test leakage: identical content in both splits
     train_hashes = set(meta.loc[meta["split"] == "train", "sha1"])
@@ -157,6 +167,7 @@ def run_checks(directory: Path, cfg: ValidateParams) -> tuple[list[CheckResult],
     results.append(CheckResult("leakage.train_test", not leak.any(), int(leak.sum()),
                                "test images whose exact content is also in train" if leak.any() else "",
                                _rows(meta, leak, keep + ["sha1"], cfg.max_examples) if leak.any() else None))
+    results += _near_duplicates(images, meta, cfg)
 
     # class balance of the labeled train images
     labeled = meta[(meta["split"] == "train") & meta["label"].notna()]
@@ -183,18 +194,112 @@ def run_checks(directory: Path, cfg: ValidateParams) -> tuple[list[CheckResult],
     return results, summary
 
 
+def _split_shapes(meta: pd.DataFrame, max_examples: int) -> CheckResult:
+    """Every split's images have one and the same shape (metadata columns channels, height, width)."""
+    cols = ["channels", "height", "width"]
+    if not set(cols + ["split"]) <= set(meta.columns):
+        return CheckResult("splits.shape", True)  # the metadata schema names the missing columns
+    order = {"train": 0, "test": 1}
+    splits = sorted(meta["split"].dropna().unique(), key=lambda s: (order.get(s, 2), str(s)))
+    shapes = {s: sorted(set(zip(*(meta.loc[meta["split"] == s, c].tolist() for c in cols))), key=str) for s in splits}
+    if len({s for found in shapes.values() for s in found}) <= 1:
+        return CheckResult("splits.shape", True)
+    parts = [f"{split} images are {' or '.join(str(s) for s in found)}" for split, found in shapes.items()]
+    examples = _records(meta.drop_duplicates(["split"] + cols)[["id", "split"] + cols + (["source"] if "source" in meta else [])]
+                        .head(max_examples))
+    return CheckResult("splits.shape", False, len(parts), " but ".join(parts), examples)
+
+
+def _degenerate(stats: pd.DataFrame, max_value: float, cfg: ValidateParams) -> CheckResult:
+    """Constant images (max == min), blank ones (all 0 or all ``max_value``) among them."""
+    constant = stats["max"] == stats["min"]
+    count, share = int(constant.sum()), float(constant.mean()) if len(stats) else 0.0
+    if not count:
+        return CheckResult("pixels.degenerate", True)
+    rows = stats[constant].head(cfg.max_examples)
+    value = rows["min"]
+    kind = np.where(value == 0, "blank (all 0)", np.where(value == max_value, f"blank (all {max_value:g})", "constant"))
+    examples = rows[[c for c in ["id", "index", "split", "label", "source"] if c in rows]].assign(value=value, kind=kind)
+    blank = int((constant & stats["min"].isin([0.0, max_value])).sum())
+    return CheckResult(
+        "pixels.degenerate", share <= cfg.max_degenerate_fraction, count,
+        f"{count} constant images ({share:.3%}; {blank} blank, all 0 or all {max_value:g}); "
+        f"allowed: {cfg.max_degenerate_fraction:.3%}", _records(examples),
+    )
+
+
+def _near_duplicates(images: np.ndarray, meta: pd.DataFrame, cfg: ValidateParams) -> list[CheckResult]:
+    """Test images with a near copy in the training pool, and train images repeating an earlier one."""
+    sigs = duplicates.signatures(images)
+    train = np.flatnonzero((meta["split"] == "train").to_numpy())
+    test = np.flatnonzero((meta["split"] == "test").to_numpy())
+    threshold = cfg.near_duplicate_similarity
+
+    match, sim = duplicates.nearest(sigs[:, test], sigs[:, train], threshold)
+    found = match >= 0
+    count, share = int(found.sum()), float(found.mean()) if len(test) else 0.0
+    leak = CheckResult(
+        "leakage.near_duplicates", share <= cfg.max_near_duplicate_fraction, count,
+        f"{count} test images ({share:.2%} of the test split) have a train image with similarity >= {threshold}; "
+        f"allowed: {cfg.max_near_duplicate_fraction:.2%}" if count else "",
+        _pairs(meta, test[found], train[match[found]], sim[found], ("test", "train"), cfg.max_examples) or None,
+    )
+
+    # inside the pool: exact copies (same hash) and near ones, each counted once per repeat
+    sha1 = meta["sha1"].iloc[train].reset_index(drop=True)
+    exact = sha1.duplicated().to_numpy()
+    first_of = pd.Series(np.arange(len(sha1))).groupby(sha1.to_numpy()).transform("first").to_numpy()
+    earlier, esim = duplicates.nearest_earlier(sigs[:, train], threshold)
+    repeat = exact | (earlier >= 0)
+    partner = np.where(exact, first_of, earlier)[repeat]
+    count, share = int(repeat.sum()), float(repeat.mean()) if len(train) else 0.0
+    pool = CheckResult(
+        "duplicates.train", share <= cfg.max_train_duplicate_fraction, count,
+        f"{count} train images ({share:.2%}) repeat an earlier train image ({int(exact.sum())} exact, "
+        f"{count - int(exact.sum())} near: similarity >= {threshold}); allowed: {cfg.max_train_duplicate_fraction:.2%}"
+        if count else "",
+        _pairs(meta, train[repeat], train[partner], np.where(exact, 1.0, esim)[repeat], ("train", "earlier"),
+               cfg.max_examples) or None,
+    )
+    return [leak, pool]
+
+
+def _pairs(meta: pd.DataFrame, a: np.ndarray, b: np.ndarray, sim: np.ndarray, names: tuple[str, str],
+           max_examples: int) -> list[dict[str, Any]]:
+    """Example rows for matched pairs (row positions ``a`` and ``b``), most similar first: both ids,
+    array indices, labels and sources, and their similarity."""
+    cols = [c for c in ("id", "index", "label", "source") if c in meta]
+    return [{**{f"{name}_{c}": _plain(meta[c].iloc[pos]) for name, pos in zip(names, (a[k], b[k])) for c in cols},
+             "similarity": round(float(sim[k]), 5)}
+            for k in np.argsort(-sim, kind="stable")[:max_examples]]
+
+
+def _records(df: pd.DataFrame) -> list[dict[str, Any]]:
+    """Rows as JSON-ready dicts."""
+    return [{k: _plain(v) for k, v in r.items()} for r in df.to_dict("records")]
+
+
+def _plain(value: Any) -> Any:
+    """A Python scalar for JSON: None for a missing value, ``int``/``float`` for numpy's."""
+    return None if pd.isna(value) else value.item() if isinstance(value, np.generic) else value
+
+
 def _markdown(results: list[CheckResult], summary: dict[str, Any], passed: bool) -> str:
     lines = [f"# Data validation: {'PASSED' if passed else 'FAILED'}", ""]
     lines += [f"- {k}: {v}" for k, v in summary.items() if k != "class_counts"]
     lines += ["", "| check | result | failures | detail |", "|---|---|---|---|"]
     for r in results:
-        lines.append(f"| {r.name} | {'ok' if r.passed else 'FAIL'} | {r.failures} | {r.message} |")
+        lines.append(f"| {r.name} | {_verdict(r)} | {r.failures} | {r.message} |")
     for r in results:
         if r.examples:
             lines += ["", f"## {r.name}: examples", "", "```"]
             lines += [str(e) for e in r.examples]
             lines += ["```"]
     return "\n".join(lines) + "\n"
+
+
+def _verdict(r: CheckResult) -> str:
+    return "FAIL" if not r.passed else "warn" if r.failures else "ok"
 
 
 def validate(cfg: ValidateParams, directory: Path = paths.DATASET_DIR) -> dict[str, Any]:
@@ -212,6 +317,7 @@ def validate(cfg: ValidateParams, directory: Path = paths.DATASET_DIR) -> dict[s
         "data_version": read_json(directory / "info.json")["version"],
         "summary": summary,
         "checks": [r.__dict__ for r in results],
+        "warnings": [r.name for r in results if r.passed and r.failures],  # passed, but found something
     }
     write_json(paths.VALIDATION, report)
     write_text(paths.VALIDATION_SUMMARY, _markdown(results, summary, passed))
