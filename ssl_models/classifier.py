@@ -1,5 +1,7 @@
 """A classifier on top of an encoder, and the supervised training loop used for fine-tuning,
-the supervised baseline and each hyperparameter-search trial."""
+the supervised baseline and each hyperparameter-search trial; its set-up, learning rates and
+epoch loop are also those of the semi-supervised trainers (``ssl_models.fixmatch``,
+``ssl_models.distill``)."""
 
 from __future__ import annotations
 
@@ -37,10 +39,18 @@ class FinetuneConfig:
         lr: peak AdamW learning rate (warmup 10 %, cosine decay).
         weight_decay: AdamW weight decay.
         freeze_encoder: train the head only (a linear probe with augmentation) or everything.
+        encoder_lr_scale: the encoder's learning rate is ``lr * encoder_lr_scale``, the head's ``lr``.
+            Below 1 the pretrained features move less than the fresh head (Kumar et al., 2022,
+            "Fine-Tuning can Distort Pretrained Features", arXiv:2202.10054).
+        linear_probe_epochs: LP-FT (Kumar et al., 2022): the first this many epochs train the head
+            alone (encoder frozen, its BatchNorm in eval mode), then everything; the encoder's
+            learning rate then warms up again over the schedule's warmup steps. Counted within
+            the run's epochs (one warmup-cosine schedule for the whole run).
         batch_size: images per step.
         min_steps: at least this many steps, whatever the number of labels (tiny label sets).
         crop_scale: area range of the random-resized-crop augmentation (with flips).
         precision, device: as for pretraining.
+        compile: ``torch.compile`` the model for the steps.
         seed: fixes the order and the augmentations.
     """
 
@@ -48,11 +58,14 @@ class FinetuneConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     freeze_encoder: bool = False
+    encoder_lr_scale: float = 1.0  # 1: today's single learning rate
+    linear_probe_epochs: int = 0  # 0: no probe phase
     batch_size: int = 128
     min_steps: int = 200
     crop_scale: tuple[float, float] = (0.6, 1.0)
     precision: str = "auto"
     device: str = "auto"
+    compile: bool = False
     seed: int = 0
 
 
@@ -69,11 +82,76 @@ def classifier_schedule(n: int, cfg: FinetuneConfig) -> Schedule:
     return Schedule(batch, steps_per_epoch, total, max(total // 10, 1), cfg.lr)
 
 
-def _augment(images: Tensor, rt: Runtime, cfg: FinetuneConfig, generator: torch.Generator) -> Tensor:
-    """uint8 images -> float [0, 1] random-resized crops (with flips) on the device."""
+def weak_view(images: Tensor, rt: Runtime, crop_scale: tuple[float, float], generator: torch.Generator) -> Tensor:
+    """uint8 (or [0, 1] float) images -> float [0, 1] random-resized crops (with flips) on the device,
+    in the run's memory format: the training augmentation of every classifier loop here."""
     x = to_float(images.to(rt.device))
-    x = random_resized_crop(x, x.shape[-1], cfg.crop_scale, generator=generator)
+    x = random_resized_crop(x, x.shape[-1], crop_scale, generator=generator)
     return training.to_memory_format(x, rt.channels_last)
+
+
+def classifier_optimizer(model: Classifier, cfg: FinetuneConfig) -> torch.optim.Optimizer:
+    """AdamW with a parameter group ``encoder`` (absent when frozen; its lr is scaled by
+    ``cfg.encoder_lr_scale``, see ``set_step_lr``) and a group ``head``."""
+    groups = [{"params": list(model.head.parameters()), "name": "head"}]
+    if not cfg.freeze_encoder:
+        groups.insert(0, {"params": list(model.encoder.parameters()), "name": "encoder"})
+    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def encoder_lr_factor(step: int, sched: Schedule, cfg: FinetuneConfig) -> float:
+    """The encoder's learning rate over the head's at global step ``step``: ``encoder_lr_scale``,
+    0 during an LP-FT probe, then a linear re-warmup over ``sched.warmup_steps``."""
+    start = cfg.linear_probe_epochs * sched.steps_per_epoch
+    if start == 0:
+        return cfg.encoder_lr_scale
+    if step < start:
+        return 0.0
+    return cfg.encoder_lr_scale * min(1.0, (step - start + 1) / sched.warmup_steps)
+
+
+def set_step_lr(optimizer: torch.optim.Optimizer, sched: Schedule, cfg: FinetuneConfig, step: int) -> None:
+    """Set the learning rates of global step ``step``: the schedule's for the head, times
+    ``encoder_lr_factor`` for the encoder."""
+    lr = sched.lr(step)
+    encoder_lr = lr * encoder_lr_factor(step, sched, cfg)
+    for group in optimizer.param_groups:
+        group["lr"] = encoder_lr if group.get("name") == "encoder" else lr
+
+
+def start_epoch(model: Classifier, cfg: FinetuneConfig, epoch: int) -> None:
+    """Train mode for epoch ``epoch`` (1-based); an encoder that does not train in it (frozen, or
+    in an LP-FT probe) gets no gradients (AdamW then skips it, weight decay too) and keeps its
+    BatchNorm statistics (eval mode)."""
+    trains = not cfg.freeze_encoder and epoch > cfg.linear_probe_epochs
+    model.train()
+    model.encoder.requires_grad_(trains)
+    if not trains:
+        model.encoder.eval()
+
+
+def setup_classifier(model: Classifier, n: int, cfg: FinetuneConfig) -> tuple[Runtime, Schedule]:
+    """The runtime (``training.setup`` with ``classifier_optimizer``) and schedule of training
+    ``model`` on ``n`` labeled images."""
+    model.encoder.requires_grad_(not cfg.freeze_encoder)
+    rt = training.setup(model, lambda m: classifier_optimizer(m, cfg), device=cfg.device, precision=cfg.precision,
+                        compile=cfg.compile, seed=cfg.seed)
+    return rt, classifier_schedule(n, cfg)
+
+
+def fit(model: Classifier, rt: Runtime, sched: Schedule, cfg: FinetuneConfig, run_epoch: Callable[[int], dict[str, float]],
+        val: tuple[Tensor, Tensor] | None = None, on_epoch: EpochHook | None = None) -> list[dict[str, float]]:
+    """Run ``run_epoch(epoch)`` for every epoch of ``sched``, add ``val_top1`` with ``val``, call
+    ``on_epoch``; return the records."""
+    history = []
+    for epoch in range(1, sched.total_steps // sched.steps_per_epoch + 1):
+        record = run_epoch(epoch)
+        if val is not None:
+            record["val_top1"] = accuracy(model, *val, device=rt.device, precision=cfg.precision)
+        history.append(record)
+        if on_epoch:
+            on_epoch(epoch, record)
+    return history
 
 
 def _cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
@@ -92,16 +170,14 @@ def train_epoch(rt: Runtime, model: Classifier, images: Tensor, labels: Tensor, 
         The epoch's record: ``epoch``, ``train_loss`` (its mean; read back once) and ``images_per_sec``.
     """
     order_gen, crop_gen = generators
-    model.train()
-    if cfg.freeze_encoder:
-        model.encoder.eval()  # frozen BatchNorm statistics too
+    start_epoch(model, cfg, epoch)
     order = torch.randperm(images.shape[0], generator=order_gen)
     meter, clock = LossMeter(rt.device), Throughput()
     for i in range(sched.steps_per_epoch):
         step = (epoch - 1) * sched.steps_per_epoch + i
         idx = order[i * sched.batch : (i + 1) * sched.batch]
-        x = _augment(images[idx], rt, cfg, crop_gen)
-        training.set_lr(rt.optimizer, sched.lr(step))
+        x = weak_view(images[idx], rt, cfg.crop_scale, crop_gen)
+        set_step_lr(rt.optimizer, sched, cfg, step)
         loss_fn = partial(_cross_entropy, labels=labels[idx.to(rt.device)])
         loss, _ = training.train_step(rt, x, loss_fn)
         meter.add(loss, step)
@@ -129,27 +205,11 @@ def train_classifier(
         Per-epoch metrics: ``epoch``, ``train_loss``, ``images_per_sec`` and, with ``val``,
         ``val_top1``. A non-finite loss is reported as such (a trial at a bad lr), not raised.
     """
-    for p in model.encoder.parameters():
-        p.requires_grad_(not cfg.freeze_encoder)
-    rt = training.setup(model, lambda m: _adamw(m, cfg), device=cfg.device, precision=cfg.precision, seed=cfg.seed)
-    sched = classifier_schedule(images.shape[0], cfg)
+    rt, sched = setup_classifier(model, images.shape[0], cfg)
     generators = (torch.Generator().manual_seed(cfg.seed), torch.Generator(device=rt.device).manual_seed(cfg.seed))
     labels = labels.to(rt.device)
-    history = []
-    for epoch in range(1, sched.total_steps // sched.steps_per_epoch + 1):
-        record = train_epoch(rt, model, images, labels, cfg, sched, epoch, generators)
-        if val is not None:
-            record["val_top1"] = accuracy(model, *val, device=rt.device, precision=cfg.precision)
-        history.append(record)
-        if on_epoch:
-            on_epoch(epoch, record)
-    return history
-
-
-def _adamw(model: nn.Module, cfg: FinetuneConfig) -> torch.optim.Optimizer:
-    """AdamW over the trainable parameters (the encoder's too unless frozen)."""
-    return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
-                             weight_decay=cfg.weight_decay)
+    return fit(model, rt, sched, cfg, lambda epoch: train_epoch(rt, model, images, labels, cfg, sched, epoch, generators),
+               val, on_epoch)
 
 
 @torch.no_grad()

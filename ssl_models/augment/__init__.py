@@ -6,6 +6,7 @@ fixes every view; none loops over images in Python.
 
 from ssl_models.augment.ops import (
     color_jitter,
+    cutout,
     gaussian_blur,
     random_grayscale,
     random_resized_crop,
@@ -17,6 +18,7 @@ from ssl_models.augment.views import ViewAugment
 __all__ = [
     "ViewAugment",
     "color_jitter",
+    "cutout",
     "gaussian_blur",
     "random_grayscale",
     "random_resized_crop",

@@ -166,3 +166,31 @@ def solarize(images: Tensor, threshold: float = 0.5, p: float = 0.2, generator: 
     """Invert pixels above ``threshold`` with probability ``p`` per image (BYOL's solarization)."""
     apply = _coin(images.shape[0], p, generator, images.device).view(-1, 1, 1, 1)
     return torch.where(apply & (images >= threshold), 1.0 - images, images)
+
+
+def cutout(images: Tensor, size: float = 0.5, fill: float = 0.5, p: float = 1.0,
+           generator: torch.Generator | None = None) -> Tensor:
+    """Fill a random square of each image with ``fill`` (Cutout: DeVries & Taylor, 2017,
+    arXiv:1708.04552; part of FixMatch's strong augmentation, which fills with gray).
+
+    The square's centre is uniform over the image, so a square near the border is clipped by it
+    (as in the reference implementations); one mask for the whole batch, no loop over images.
+
+    Args:
+        images: (N, C, H, W) float.
+        size: the square's side as a fraction of the image's shorter side.
+        fill: the value written into the square (0.5: gray).
+        p: probability that an image gets a square at all.
+
+    Returns:
+        (N, C, H, W), the same dtype.
+    """
+    n, _, h, w = images.shape
+    device = images.device
+    half = size * min(h, w) / 2  # in pixels
+    cy = torch.rand(n, 1, generator=generator, device=device) * h  # (N, 1)
+    cx = torch.rand(n, 1, generator=generator, device=device) * w
+    rows = (torch.arange(h, device=device) + 0.5 - cy).abs() < half  # pixel centres inside: (N, H)
+    cols = (torch.arange(w, device=device) + 0.5 - cx).abs() < half  # (N, W)
+    inside = rows[:, :, None] & cols[:, None, :] & _coin(n, p, generator, device).view(n, 1, 1)  # (N, H, W)
+    return torch.where(inside[:, None], torch.tensor(fill, dtype=images.dtype, device=device), images)
