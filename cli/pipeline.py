@@ -68,7 +68,7 @@ def run(
 
 def print_summary(result: dict, root: Path) -> None:
     """The stages' table, the test-split figures, the registration and where to look next."""
-    from tasks.metrics import HEADLINE_METRICS
+    from tasks.metrics import HEADLINE_METRICS, arms_rows, verdict
 
     table = Table(title="stages", show_edge=False)
     for col in ("stage", "status", "seconds"):
@@ -84,10 +84,15 @@ def print_summary(result: dict, root: Path) -> None:
         for key, label in HEADLINE_METRICS.items():
             if key in m:
                 t.add_row(label, f"{m[key]:.4f}")
-        for fraction, e in m["fractions"].items():
-            t.add_row(f"{fraction} of labels ({e['num_labels']}): fine-tuned", f"{e['finetune_top1']:.4f}")
-            t.add_row(f"{fraction} of labels ({e['num_labels']}): supervised baseline", f"{e['supervised_top1']:.4f}")
         console.print(t)
+        header, rows = arms_rows(m)
+        arms = Table(title="fine-tuning arms (* ships: the validation-best)", show_edge=False)
+        for col in header:
+            arms.add_column(col)
+        for row in rows:
+            arms.add_row(*row)
+        console.print(arms)
+        console.print(verdict(m), highlight=False)
     reg = result.get("registration") or {}
     if reg:
         console.print(f"registered [bold]{reg['model_name']}[/] v{reg['version']} as [bold]{reg['alias']}[/]: {reg['reason']}")

@@ -17,7 +17,7 @@ from prefect.runtime import flow_run
 from tasks import paths
 from tasks.config import STAGES, MethodName
 from tasks.io import read_json
-from tasks.metrics import HEADLINE_METRICS
+from tasks.metrics import HEADLINE_METRICS, arms_rows, verdict
 from tasks.run_setup import RunSetup, overrides_from, prepare_run
 from tasks.tracking import stage_env
 
@@ -88,9 +88,10 @@ def results_markdown(outcomes: list[dict[str, Any]], metrics: dict[str, Any], re
         for key in HEADLINE_METRICS:
             if key in metrics:
                 lines.append(f"| {key} | {metrics[key]:.4f} |")
-        lines += ["", "| label fraction | labels | fine-tuned top-1 | supervised top-1 |", "|---|---|---|---|"]
-        for fraction, entry in metrics.get("fractions", {}).items():
-            lines.append(f"| {fraction} | {entry['num_labels']} | {entry['finetune_top1']:.4f} | {entry['supervised_top1']:.4f} |")
+        header, rows = arms_rows(metrics)
+        lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
+        lines += ["", f"**{verdict(metrics)}** (* marks the arm chosen at each fraction, on validation)."]
     if registration:
         lines += ["", f"Registered **{registration['model_name']}** version {registration['version']} "
                       f"as `{registration['alias']}`: {registration['reason']}."]

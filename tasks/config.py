@@ -10,7 +10,7 @@ import inspect
 import re
 from collections.abc import MutableMapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -51,6 +51,21 @@ class ValidateParams(Section):
     class_balance_tolerance: float = Field(0.5, ge=0)
     min_images_per_class: int = Field(1, ge=1)
     max_examples: int = Field(5, ge=1)  # failing rows shown per check
+    # two images are near-duplicates when the cosine similarity of their 8x8 signatures (grayscale,
+    # Gaussian-pooled, mean 0, norm 1; plain or despeckled: tasks/duplicates.py) reaches this. On
+    # Fashion-MNIST 0.9995 catches every JPEG-90 re-encoding, 99 % of copies with 5 pixels changed,
+    # 95 % of half-size-and-back (PIL's default bicubic) resizes, not 1-pixel shifts; it flags 51 of
+    # the 10k test images, each beside a train image of its class that is the same product photo or
+    # plain trousers no one could tell apart at 28 px. 0.999 flags 333, many distinct garments.
+    near_duplicate_similarity: float = Field(0.9995, gt=0, le=1)
+    # test images with a near copy in the training pool, as a share of the test split, before the
+    # check fails (they are always reported with examples). Fashion-MNIST has its own 0.51 %: a leak
+    # of 1 % can move a test accuracy by at most 1 point.
+    max_near_duplicate_fraction: float = Field(0.01, ge=0, le=1)
+    # train images repeating an earlier train image (exact or near); more fails. Fashion-MNIST: 0.27 %
+    max_train_duplicate_fraction: float = Field(0.05, ge=0, le=1)
+    # constant images (max == min, blank ones included); a larger share fails. Fashion-MNIST: none
+    max_degenerate_fraction: float = Field(0.001, ge=0, le=1)
 
 
 # ------------------------------------------------------------------------------------- pretrain
@@ -141,32 +156,65 @@ class PretrainParams(Section):
 
 
 # ----------------------------------------------------------------------------------------- tune
-class SearchSpace(Section):
-    lr: tuple[float, float] = (1e-4, 3e-3)  # log-uniform
-    weight_decay: tuple[float, float] = (1e-6, 1e-2)  # log-uniform
-    epochs: list[int] = [5, 10]
-    freeze_encoder: list[bool] = [False, True]
+# the fine-tuning arms (tasks/arms.py): ssl_* start from the SSL encoder, the others from scratch
+ArmName = Literal["ssl_finetune", "ssl_fixmatch", "ssl_distill", "supervised", "fixmatch"]
+
+
+class ArmSpace(Section):
+    """What tune searches for one arm (log-uniform ranges; choices)."""
+
+    lr: tuple[float, float]  # the head's peak AdamW learning rate
+    weight_decay: tuple[float, float] = (1e-5, 1e-2)
+    # the encoder's lr over the head's: < 1 keeps pretrained features from being distorted by a
+    # fresh head's large gradients (Kumar et al., 2022); from scratch there is nothing to protect
+    encoder_lr_scale: list[float] = [1.0]
+
+
+_PRETRAINED_SPACE = ArmSpace(lr=(1e-3, 1e-2), encoder_lr_scale=[0.1, 0.3])
+_SCRATCH_SPACE = ArmSpace(lr=(1e-3, 1e-2))
 
 
 class TuneParams(Section):
     label_fraction: float = Field(0.1, gt=0, le=1)  # the labeled subset searched on
     val_fraction: float = Field(0.2, gt=0, lt=1)  # of those labels, held out to score trials
-    num_samples: int = Field(4, ge=1)  # trials per arm (fine-tune and supervised baseline)
+    num_samples: int = Field(4, ge=1)  # trials per arm, the same for every arm
     max_concurrent_trials: int = Field(2, ge=1)
     cpus_per_trial: float = Field(1, gt=0)
     gpus_per_trial: float = Field(0, ge=0)
-    grace_period: int = Field(2, ge=1)  # ASHA: epochs before a trial can be stopped
-    reduction_factor: int = Field(2, ge=2)
-    search_space: SearchSpace = SearchSpace()
+    epochs: list[int] = [4, 8]  # every arm draws its epochs from these: the same budget
+    search_space: dict[ArmName, ArmSpace] = {
+        "ssl_finetune": _PRETRAINED_SPACE, "ssl_fixmatch": _PRETRAINED_SPACE, "ssl_distill": _PRETRAINED_SPACE,
+        "supervised": _SCRATCH_SPACE, "fixmatch": _SCRATCH_SPACE,
+    }
     batch_size: int = Field(128, ge=2)
-    seed: int = 0
+    seed: int = 0  # seeds the search (every trial's config) and every trial's training
 
 
 # ------------------------------------------------------------------------------------- finetune
+class FixMatchParams(Section):
+    """FixMatch (Sohn et al., 2020): paper values except ``mu``."""
+
+    mu: int = Field(2, ge=1)  # unlabeled images per labeled one in a step (paper: 7; a step costs ~1 + 2 mu)
+    threshold: float = Field(0.95, ge=0, le=1)  # confidence a pseudo-label needs
+    lambda_u: float = Field(1.0, ge=0)  # weight of the unlabeled loss
+
+
+class DistillParams(Section):
+    """Self-distillation (SimCLRv2, Chen et al., 2020): the ssl_finetune model labels the pool softly."""
+
+    mu: int = Field(2, ge=1)  # unlabeled images per labeled one in a step
+    temperature: float = Field(0.1, gt=0)  # SimCLRv2's for self-distillation
+    labeled_weight: float = Field(0.0, ge=0)  # labeled cross-entropy added (SimCLRv2: unlabeled only)
+
+
 class FinetuneParams(Section):
-    label_fractions: list[float] = [0.01, 0.1]
+    arms: list[ArmName] = ["ssl_finetune", "ssl_fixmatch", "ssl_distill", "supervised", "fixmatch"]
+    label_fractions: list[float] = [0.01, 0.1]  # 1.0 is allowed: the ceiling
+    val_fraction: float = Field(0.2, gt=0, lt=1)  # of each fraction's labels, held out to choose the arm
     batch_size: int = Field(128, ge=2)
-    min_steps: int = Field(200, ge=1)  # the same for both arms: tiny label sets still get trained
+    min_steps: int = Field(200, ge=1)  # the same for every arm: tiny label sets still get trained
+    fixmatch: FixMatchParams = FixMatchParams()
+    distill: DistillParams = DistillParams()
     seed: int = 0
 
     @field_validator("label_fractions")
@@ -175,6 +223,16 @@ class FinetuneParams(Section):
         if not v or any(not 0 < f <= 1 for f in v):
             raise ValueError("label_fractions must be a non-empty list of numbers in (0, 1]")
         return sorted(set(v))
+
+    @field_validator("arms")
+    @classmethod
+    def _arms(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("arms: name at least one arm")
+        if "ssl_distill" in v and "ssl_finetune" not in v:
+            raise ValueError("arms: ssl_distill learns from the ssl_finetune model; add ssl_finetune")
+        order = list(get_args(ArmName))  # teachers before their students
+        return sorted(set(v), key=order.index)
 
 
 # ------------------------------------------------------------------------------------- evaluate

@@ -17,7 +17,7 @@ from tasks.dataset import load_dataset
 from tasks.io import write_csv, write_json
 from tasks.metrics import flat_metrics
 from tasks.models import build_encoder, load_classifier, load_encoder
-from tasks.tune import ARMS
+from tasks.arms import choose
 
 
 def _confusion(y_true: np.ndarray, y_pred: np.ndarray, k: int) -> np.ndarray:
@@ -50,18 +50,23 @@ def evaluate(cfg: EvaluateParams, finetune_cfg: FinetuneParams, log_mlflow: bool
     fractions: dict[str, Any] = {}
     predictions: dict[str, np.ndarray] = {}
     for fraction in finetune_cfg.label_fractions:
-        entry: dict[str, Any] = {"num_labels": len(data.labeled_subset(fraction, finetune_cfg.seed))}
-        for arm in ARMS:
-            model, _ = load_classifier(paths.classifier_path(arm, fraction))
+        arms: dict[str, dict[str, float]] = {}
+        for arm in finetune_cfg.arms:
+            model, saved = load_classifier(paths.classifier_path(arm, fraction))
             pred = predict_logits(model, x_test).argmax(1).numpy()
             predictions[f"{arm}_{fraction:g}"] = pred
-            entry[f"{'finetune' if arm == 'finetune' else 'supervised'}_top1"] = float((pred == y_test.numpy()).mean())
-        fractions[f"{fraction:g}"] = entry
+            arms[arm] = {"val_top1": float(saved["val_top1"]), "test_top1": float((pred == y_test.numpy()).mean())}
+        choice = choose(arms)
+        fractions[f"{fraction:g}"] = {"num_labels": len(data.labeled_subset(fraction, finetune_cfg.seed)),
+                                      "num_val": int(saved["num_val"]), "arms": arms, **choice}
     metrics["fractions"] = fractions
-    largest = f"{max(finetune_cfg.label_fractions):g}"
-    metrics["model_top1"] = fractions[largest]["finetune_top1"]  # the model that gets registered
+    largest = fractions[f"{max(finetune_cfg.label_fractions):g}"]
+    # the model that gets registered: the validation-best arm at the largest fraction
+    metrics["selected_arm"] = largest["selected"]
+    metrics["pretraining_paid_off"] = largest["pretraining_paid_off"]
+    metrics["model_top1"] = largest["arms"][largest["selected"]]["test_top1"]
 
-    pred = predictions[f"finetune_{largest}"]
+    pred = predictions[f"{largest['selected']}_{max(finetune_cfg.label_fractions):g}"]
     cm = _confusion(y_test.numpy(), pred, k)
     metrics["per_class_top1"] = {name: float(cm[i, i] / max(cm[i].sum(), 1)) for i, name in enumerate(data.classes)}
     write_json(paths.METRICS, metrics)
@@ -69,7 +74,8 @@ def evaluate(cfg: EvaluateParams, finetune_cfg: FinetuneParams, log_mlflow: bool
     # plots: a CSV DVC can render (`dvc plots show`), PNGs for people and MLflow
     write_csv(paths.PLOTS / "confusion.csv", ["actual", "predicted"],
               zip((data.classes[i] for i in y_test.tolist()), (data.classes[i] for i in pred.tolist())))
-    cm_fig = plots.confusion_matrix_figure(cm, data.classes, f"fine-tuned, {largest} of labels: top-1 {metrics['model_top1']:.3f}")
+    cm_fig = plots.confusion_matrix_figure(cm, data.classes, f"{metrics['selected_arm']}, {max(finetune_cfg.label_fractions):g} of labels: "
+                                                f"top-1 {metrics['model_top1']:.3f}")
     n_emb = min(cfg.embedding_plot_images, len(y_test))
     emb_fig = plots.embedding_figure(f_test[:n_emb], y_test[:n_emb].numpy(), data.classes, "SSL features of test images (PCA)")
     if log_mlflow:

@@ -1,6 +1,8 @@
-"""Stage 5 -- finetune: for each label fraction, fine-tune the SSL encoder with the best tuned
-config, and train the same architecture from scratch on the same labels with the same budget
-(the supervised baseline, with its own tuned config). Writes ``models/classifiers/*.pt``."""
+"""Stage 5 -- finetune: for each label fraction, train every arm of ``finetune.arms`` (``tasks/arms.py``:
+the SSL encoder fine-tuned, with FixMatch, distilled; the supervised and FixMatch baselines from
+scratch) with its tuned config, on the same labels and with the same budget. A stratified
+``finetune.val_fraction`` of each fraction's labels is held out: every arm is scored on it, and
+that score -- never the test split -- chooses the model that ships. Writes ``models/classifiers/``."""
 
 from __future__ import annotations
 
@@ -10,13 +12,14 @@ from typing import Any
 import torch
 
 from ssl_models import checkpoint
-from ssl_models.classifier import Classifier, train_classifier
+from ssl_models.classifier import Classifier, accuracy
 from tasks import paths
+from tasks.arms import ARMS, TUNED_KEYS, arm_config, new_classifier, train_arm
 from tasks.config import FinetuneParams
 from tasks.dataset import load_dataset
 from tasks.io import write_json
-from tasks.models import build_encoder, finetune_config, save_classifier
-from tasks.tune import ARMS, load_best
+from tasks.models import save_classifier
+from tasks.tune import load_best
 
 
 @dataclass
@@ -27,32 +30,39 @@ class FinetuneResult:
 def finetune(cfg: FinetuneParams, progress: bool = True, log_mlflow: bool = True) -> FinetuneResult:
     data = load_dataset()
     best = load_best()
+    missing = [arm for arm in cfg.arms if arm not in best]
+    if missing:
+        raise FileNotFoundError(f"{paths.BEST_CONFIG}: no tuned config for {', '.join(missing)}; run `sslpipe stage tune`")
     blob = checkpoint.load(paths.ENCODER)
+    pool, _ = data.split("train")
     report: dict[str, dict[str, Any]] = {}
     for fraction in cfg.label_fractions:
-        idx = data.labeled_subset(fraction, cfg.seed)
-        x, y = data.take(idx)
-        report[f"{fraction:g}"] = {"num_labels": len(idx)}
-        for arm in ARMS:
-            encoder = build_encoder(blob["spec"])
-            if arm == "finetune":
-                encoder.load_state_dict(blob["state_dict"])
-            torch.manual_seed(cfg.seed)
-            model = Classifier(encoder, data.num_classes)
-            hp = best[arm]
-            ft_cfg = finetune_config(hp, batch_size=cfg.batch_size, min_steps=cfg.min_steps, seed=cfg.seed)
-            history = train_classifier(model, x, y, ft_cfg)
-            model.cpu().to(memory_format=torch.contiguous_format)
-            save_classifier(model, blob["spec"], data.num_classes, paths.classifier_path(arm, fraction),
-                            {"arm": arm, "fraction": fraction, "config": hp, "data_version": data.version})
-            report[f"{fraction:g}"][arm] = {"epochs": len(history), "final_train_loss": history[-1]["train_loss"], **hp}
+        train_idx, val_idx = data.stratified_split(data.labeled_subset(fraction, cfg.seed), cfg.val_fraction, cfg.seed)
+        (x, y), val = data.take(train_idx), data.take(val_idx)
+        entry: dict[str, Any] = {"num_labels": len(train_idx) + len(val_idx), "num_train": len(train_idx),
+                                 "num_val": len(val_idx), "arms": {}}
+        trained: dict[str, Classifier] = {}
+        for arm in cfg.arms:  # teachers first
+            hp = {k: best[arm][k] for k in TUNED_KEYS}
+            model = new_classifier(arm, blob, data.num_classes, cfg.seed)
+            train_cfg = arm_config(arm, hp, cfg, batch_size=cfg.batch_size, min_steps=cfg.min_steps, seed=cfg.seed)
+            history = train_arm(arm, model, x, y, pool, train_cfg, teacher=trained.get(ARMS[arm].teacher or ""))
+            val_top1 = accuracy(model, *val) if len(val_idx) else float("nan")
+            trained[arm] = model.cpu().to(memory_format=torch.contiguous_format).eval()
+            save_classifier(trained[arm], blob["spec"], data.num_classes, paths.classifier_path(arm, fraction),
+                            {"arm": arm, "fraction": fraction, "config": hp, "val_top1": val_top1,
+                             "num_val": len(val_idx), "data_version": data.version})
+            entry["arms"][arm] = {"epochs": len(history), "final_train_loss": history[-1]["train_loss"],
+                                  "val_top1": val_top1, **hp}
             if progress:
-                print(f"  {arm:<10} {fraction:>5g} ({len(idx)} labels): {len(history)} epochs, "
-                      f"train loss {history[-1]['train_loss']:.3f}")
+                print(f"  {arm:<13} {fraction:>5g} ({len(train_idx)} labels, {len(val_idx)} for validation): "
+                      f"{len(history)} epochs, train loss {history[-1]['train_loss']:.3f}, val top-1 {val_top1:.4f}")
             if log_mlflow:
                 import mlflow
 
                 for h in history:
                     mlflow.log_metric(f"finetune/{arm}_{fraction:g}/train_loss", h["train_loss"], step=h["epoch"])
+                mlflow.log_metric(f"finetune/{arm}_{fraction:g}/val_top1", val_top1)
+        report[f"{fraction:g}"] = entry
     write_json(paths.FINETUNE_REPORT, report)
     return FinetuneResult(report)

@@ -3,15 +3,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from ssl_models import checkpoint
 from ssl_models.backbones import Encoder, build_backbone
-from ssl_models.classifier import Classifier, FinetuneConfig
-
-TUNED_KEYS = ("lr", "weight_decay", "epochs", "freeze_encoder")  # what tune searches, per arm
+from ssl_models.classifier import Classifier
 
 
 def encoder_spec(backbone: str, in_channels: int, width: int, mean: list[float], std: list[float]) -> dict[str, Any]:
@@ -49,8 +46,3 @@ def load_classifier(path: Path) -> tuple[Classifier, dict[str, Any]]:
     model.load_state_dict(blob["state_dict"])
     return model.eval(), blob
 
-
-def finetune_config(tuned: Mapping[str, Any], *, batch_size: int, min_steps: int, seed: int) -> FinetuneConfig:
-    """The classifier training config of a tuned configuration (``TUNED_KEYS``), for tune's
-    trials and for finetune alike."""
-    return FinetuneConfig(**{k: tuned[k] for k in TUNED_KEYS}, batch_size=batch_size, min_steps=min_steps, seed=seed)

@@ -1,5 +1,7 @@
-"""Stage 7 -- register: log the fine-tuned classifier (largest label fraction) to MLflow with a
-signature and input example, register a new version, and let the registry's one promotion rule
+"""Stage 7 -- register: log the model evaluate chose (the validation-best arm at the largest label
+fraction, baselines included: if a baseline won, it ships, and the model card says pretraining did
+not pay off) to MLflow with a signature and input example, register a new version with a model
+card (description and tags), and let the registry's one promotion rule
 (``tasks.registry.gate``) choose between ``champion`` and ``challenger``: both models are scored on
 the same test images, and a worse model never becomes champion.
 
@@ -72,7 +74,7 @@ def register(cfg: RegisterParams, finetune_cfg: FinetuneParams, params_digest: s
     # one registration at a time, so that two concurrent runs cannot both miss the key
     with project_lock("register"):
         existing = registry.find_version(client, cfg.model_name, key)
-        version = str(existing.version) if existing else _log_and_register(cfg, finetune_cfg, data, value, key)
+        version = str(existing.version) if existing else _log_and_register(cfg, finetune_cfg, data, metrics, key)
         x_test, y_test = data.split("test")
         decision = registry.gate(client, cfg.model_name, version, x_test, y_test, cfg.min_improvement, data.version)
     reason = f"version {version} already holds this data and these params; {decision.reason}" if existing else decision.reason
@@ -84,13 +86,17 @@ def register(cfg: RegisterParams, finetune_cfg: FinetuneParams, params_digest: s
     return result
 
 
-def _log_and_register(cfg: RegisterParams, finetune_cfg: FinetuneParams, data: Dataset, value: float, key: str) -> str:
-    """Log the classifier of the largest label fraction as an MLflow model and register it."""
+def _log_and_register(cfg: RegisterParams, finetune_cfg: FinetuneParams, data: Dataset, metrics: dict, key: str) -> str:
+    """Log the chosen classifier (``metrics["selected_arm"]`` at the largest label fraction) as an
+    MLflow model and register it with its model card."""
     import mlflow
+    from mlflow import MlflowClient
     from mlflow.models import infer_signature
 
     fraction = max(finetune_cfg.label_fractions)
-    classifier_file = paths.classifier_path("finetune", fraction)
+    arm = metrics["selected_arm"]
+    value = float(metrics[cfg.metric])
+    classifier_file = paths.classifier_path(arm, fraction)
     classifier, _ = load_classifier(classifier_file)
     x_train, _ = data.split("train")
     x_test, _ = data.split("test")
@@ -110,13 +116,39 @@ def _log_and_register(cfg: RegisterParams, finetune_cfg: FinetuneParams, data: D
     mlflow.log_metric(cfg.metric, value)
     mlflow.log_dict({"classes": data.classes}, "model/classes.json")
     _log_drift_reference(x_train, classifier_file)
+    card = model_card(metrics, fraction, data.version)
     mv = mlflow.register_model(info.model_uri, cfg.model_name, tags={
-        f"metric.{cfg.metric}": str(value),
-        "data.version": data.version,
-        "label_fraction": str(fraction),
-        registry.IDEMPOTENCY_TAG: key,
-    })
+        f"metric.{cfg.metric}": str(value), registry.IDEMPOTENCY_TAG: key, **card["tags"]})
+    MlflowClient().update_model_version(cfg.model_name, mv.version, description=card["description"])
     return str(mv.version)
+
+
+PROTOCOL = ("every arm trained on the same labels with the same budget and tuning trials; the arm chosen on a "
+            "validation split carved from the labels (never the test split); top-1 on the held-out test split")
+
+
+def model_card(metrics: dict, fraction: float, data_version: str) -> dict:
+    """The registered version's card: tags (what to filter on) and a markdown description (what the
+    MLflow UI shows on the version's page): data, labels, arm, every arm's top-1, the protocol, and
+    whether pretraining paid off."""
+    from tasks.metrics import arms_rows, verdict
+
+    entry = metrics["fractions"][f"{fraction:g}"]
+    paid = metrics.get("pretraining_paid_off")
+    tags = {"data.version": data_version, "label_fraction": f"{fraction:g}", "num_labels": str(entry["num_labels"]),
+            "arm": metrics["selected_arm"], "pretraining_paid_off": str(paid).lower(), "protocol": PROTOCOL}
+    for arm, scores in entry["arms"].items():
+        tags[f"val_top1.{arm}"] = f"{scores['val_top1']:.4f}"
+        tags[f"test_top1.{arm}"] = f"{scores['test_top1']:.4f}"
+    header, rows = arms_rows(metrics)
+    description = "\n".join([
+        f"**{verdict(metrics)}.**", "",
+        f"Data version `{data_version}`; {entry['num_labels']} labels ({fraction:g} of the train labels), "
+        f"{entry['num_val']} of them held out for validation.", "",
+        "| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in rows), "",
+        f"Protocol: {PROTOCOL}. kNN top-1 on the SSL features: {metrics.get('knn_top1', float('nan')):.4f}.",
+    ])
+    return {"tags": tags, "description": description}
 
 
 def _log_drift_reference(x_train: torch.Tensor, classifier_file: Path) -> None:

@@ -35,8 +35,7 @@ SMOKE_OVERRIDES = (
     "pretrain.knn_monitor_images=200",
     "pretrain.checkpoint_every=2",
     "tune.num_samples=1",
-    "tune.search_space.epochs=[2]",
-    "tune.grace_period=1",
+    "tune.epochs=[2]",
     "finetune.min_steps=10",
     "evaluate.embedding_plot_images=300",
 )
@@ -113,6 +112,7 @@ def _yaml() -> Any:
     y.Representer = Representer
     y.preserve_quotes = True
     y.indent(mapping=2, sequence=4, offset=2)
+    y.width = 4096  # never fold a line the user wrote on one
     return y
 
 

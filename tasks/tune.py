@@ -1,24 +1,30 @@
-"""Stage 4 -- tune: Ray Tune with ASHA over the fine-tuning hyperparameters, for both arms:
-``finetune`` (from the SSL encoder) and ``supervised`` (the same architecture from scratch), each
-with the same trial budget. Trials train on a labeled fraction and are scored on a validation
-split carved from those labels -- never on the test split. Writes ``models/tune/best.json``."""
+"""Stage 4 -- tune: Ray Tune over each arm's fine-tuning hyperparameters (``tasks/arms.py``), every
+arm with the same number of trials and the same epoch choices. Trials train on a labeled fraction
+and are scored on a validation split carved from those labels -- never on the test split.
+Writes ``models/tune/best.json``.
+
+Reproducible: the search is seeded (``tune.seed``: every trial's configuration), every trial trains
+with that seed on one thread, and no decision depends on timing -- each trial runs its epochs to the
+end (no early stopping, whose decisions would hang on which trial reports first) and the best is the
+highest last-epoch validation top-1, ties to the earlier trial. Same params and data, same configs.
+"""
 
 from __future__ import annotations
 
 import os
-import random
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from ssl_models import checkpoint
 from tasks import paths
+from tasks.arms import ARMS, TUNED_KEYS, arm_config, new_classifier, train_arm
 from tasks.config import FinetuneParams, TuneParams
 from tasks.dataset import load_dataset
 from tasks.io import read_json, write_json
-from tasks.models import TUNED_KEYS
 
-ARMS = ("finetune", "supervised")
+METRIC = "val_top1"
 
 
 @dataclass
@@ -28,37 +34,34 @@ class TuneResult:
 
 
 def _trial(config: dict[str, Any], data: dict[str, Any]) -> None:
-    """One Ray Tune trial: train a classifier with ``config`` and report val top-1 each epoch."""
+    """One Ray Tune trial: train ``config["arm"]`` with ``config`` and report val top-1 each epoch.
+    Everything it reads comes through Ray's object store (``data``), no driver-local file."""
     from ray import tune
 
-    from ssl_models import checkpoint
-    from ssl_models.classifier import Classifier, train_classifier
-    from tasks.models import build_encoder, finetune_config
-
     torch.set_num_threads(max(1, int(data["threads"])))
-    blob = checkpoint.load(data["encoder_path"])
-    encoder = build_encoder(blob["spec"])
-    if config["arm"] == "finetune":
-        encoder.load_state_dict(blob["state_dict"])
-    model = Classifier(encoder, data["num_classes"])
-    cfg = finetune_config(config, batch_size=data["batch_size"], min_steps=0, seed=data["seed"])
-    train_classifier(
-        model, data["x_train"], data["y_train"], cfg, val=(data["x_val"], data["y_val"]),
-        on_epoch=lambda epoch, m: tune.report({"val_top1": m["val_top1"], "train_loss": m["train_loss"], "epoch": epoch}),
-    )
+    arm = config["arm"]
+    finetune_cfg = FinetuneParams.model_validate(data["finetune"])
+    model = new_classifier(arm, data["encoder"], data["num_classes"], data["seed"])
+    train_cfg = arm_config(arm, config, finetune_cfg, batch_size=data["batch_size"], min_steps=0, seed=data["seed"])
+    teacher = None
+    if ARMS[arm].teacher:
+        teacher = new_classifier(ARMS[arm].teacher, data["encoder"], data["num_classes"], data["seed"])
+        teacher.load_state_dict(data["teachers"][ARMS[arm].teacher])
+    train_arm(arm, model, data["x_train"], data["y_train"], data["pool"], train_cfg, teacher=teacher,
+              val=(data["x_val"], data["y_val"]),
+              on_epoch=lambda epoch, m: tune.report({METRIC: m[METRIC], "train_loss": m["train_loss"], "epoch": epoch}))
 
 
 def search_space(cfg: TuneParams, arm: str) -> dict[str, Any]:
     from ray import tune
 
-    s = cfg.search_space
+    s = cfg.search_space[arm]
     return {
         "arm": arm,
         "lr": tune.loguniform(*s.lr),
         "weight_decay": tune.loguniform(*s.weight_decay),
-        "epochs": tune.choice(s.epochs),
-        # a model trained from scratch has nothing worth freezing
-        "freeze_encoder": tune.choice(s.freeze_encoder) if arm == "finetune" else False,
+        "epochs": tune.choice(cfg.epochs),
+        "encoder_lr_scale": tune.choice(s.encoder_lr_scale),
     }
 
 
@@ -84,8 +87,8 @@ def _trial_printer():
         def on_trial_complete(self, iteration, trials, trial, **info):
             r, c = trial.last_result or {}, trial.config
             print(f"  trial {trial.trial_id} [{c['arm']}] lr={c['lr']:.2e} wd={c['weight_decay']:.1e} "
-                  f"epochs={c['epochs']} frozen={c['freeze_encoder']}: val_top1={r.get('val_top1', float('nan')):.4f} "
-                  f"after {r.get('training_iteration', 0)} epochs", flush=True)
+                  f"epochs={c['epochs']} encoder_lr_scale={c['encoder_lr_scale']}: "
+                  f"{METRIC}={r.get(METRIC, float('nan')):.4f}", flush=True)
 
         def on_trial_error(self, iteration, trials, trial, **info):
             print(f"  trial {trial.trial_id} failed: see {trial.local_path}/error.txt", flush=True)
@@ -94,8 +97,10 @@ def _trial_printer():
 
 
 def tune_arm(cfg: TuneParams, arm: str, data: dict[str, Any], parent_run_id: str | None, progress: bool):
+    """Search one arm: ``cfg.num_samples`` trials from a seeded random search, each to its end."""
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.schedulers import FIFOScheduler
+    from ray.tune.search.basic_variant import BasicVariantGenerator
 
     callbacks = [_trial_printer()] if progress else []
     if parent_run_id:
@@ -112,64 +117,78 @@ def tune_arm(cfg: TuneParams, arm: str, data: dict[str, Any], parent_run_id: str
     trainable = tune.with_resources(
         tune.with_parameters(_trial, data=data), {"cpu": cfg.cpus_per_trial, "gpu": cfg.gpus_per_trial}
     )
-    max_epochs = max(cfg.search_space.epochs)
     tuner = tune.Tuner(
         trainable,
         param_space=search_space(cfg, arm),
         tune_config=tune.TuneConfig(
-            metric="val_top1", mode="max", num_samples=cfg.num_samples,
-            max_concurrent_trials=cfg.max_concurrent_trials,
-            scheduler=ASHAScheduler(time_attr="training_iteration", max_t=max_epochs,
-                                    grace_period=min(cfg.grace_period, max_epochs), reduction_factor=cfg.reduction_factor),
+            metric=METRIC, mode="max", num_samples=cfg.num_samples, max_concurrent_trials=cfg.max_concurrent_trials,
+            # one seeded stream of configurations per arm, drawn in the driver in trial order
+            search_alg=BasicVariantGenerator(random_state=cfg.seed * 1000 + list(ARMS).index(arm)),
+            scheduler=FIFOScheduler(),
         ),
-        run_config=tune.RunConfig(
-            name=f"tune-{arm}", storage_path=str(paths.RAY_RESULTS.resolve()), callbacks=callbacks,
-            verbose=0,
-        ),
+        run_config=tune.RunConfig(name=f"tune-{arm}", storage_path=str(paths.RAY_RESULTS.resolve()),
+                                  callbacks=callbacks, verbose=0),
     )
     return tuner.fit()
 
 
+def best_of(results: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The best configuration (highest last-epoch val top-1; ties: the earlier trial) and every
+    trial's row, in trial order."""
+    rows = []
+    for r in sorted(results, key=lambda r: r.path):  # trial names carry their order: ..._00000, _00001
+        if r.error or not r.metrics or METRIC not in r.metrics:
+            continue
+        rows.append({**{k: r.config[k] for k in TUNED_KEYS}, "arm": r.config["arm"], METRIC: float(r.metrics[METRIC]),
+                     "epochs_run": int(r.metrics.get("training_iteration", 0))})
+    if not rows:
+        raise RuntimeError(f"every {results[0].config['arm'] if len(results) else ''} trial failed; "
+                           f"first error: {next((r.error for r in results if r.error), None)}")
+    top = max(rows, key=lambda row: row[METRIC])  # max keeps the first of equals
+    return {**{k: top[k] for k in TUNED_KEYS}, METRIC: top[METRIC]}, rows
+
+
+def _teacher_state(arm: str, best: dict[str, Any], data: dict[str, Any], finetune_cfg: FinetuneParams) -> dict:
+    """Train ``arm`` with its best configuration on the tuning labels: the teacher its students'
+    trials distil from (the same model finetune would train on these labels)."""
+    model = new_classifier(arm, data["encoder"], data["num_classes"], data["seed"])
+    train_cfg = arm_config(arm, best, finetune_cfg, batch_size=data["batch_size"], min_steps=0, seed=data["seed"])
+    train_arm(arm, model, data["x_train"], data["y_train"], data["pool"], train_cfg)
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+
+
 def tune_stage(cfg: TuneParams, finetune_cfg: FinetuneParams, progress: bool = True, log_mlflow: bool = True) -> TuneResult:
-    """Search both arms and write the best config of each to ``models/tune/best.json``."""
+    """Search every arm of ``finetune.arms`` and write the best config of each to ``models/tune/best.json``."""
     import ray
 
-    random.seed(cfg.seed)
+    if not paths.ENCODER.exists():
+        raise FileNotFoundError(f"{paths.ENCODER}: no encoder; run `sslpipe stage pretrain` first")
     data_set = load_dataset()
     labeled = data_set.labeled_subset(cfg.label_fraction, finetune_cfg.seed)
     train_idx, val_idx = data_set.stratified_split(labeled, cfg.val_fraction, cfg.seed)
     x_train, y_train = data_set.take(train_idx)
     x_val, y_val = data_set.take(val_idx)
     data = {
-        "x_train": x_train, "y_train": y_train, "x_val": x_val, "y_val": y_val,
-        "num_classes": data_set.num_classes, "encoder_path": str(paths.ENCODER.resolve()),
+        "x_train": x_train, "y_train": y_train, "x_val": x_val, "y_val": y_val, "pool": data_set.split("train")[0],
+        "num_classes": data_set.num_classes, "encoder": checkpoint.load(paths.ENCODER),
+        "finetune": finetune_cfg.model_dump(), "teachers": {},
         "batch_size": cfg.batch_size, "seed": cfg.seed, "threads": cfg.cpus_per_trial,
     }
-    if not paths.ENCODER.exists():
-        raise FileNotFoundError(f"{paths.ENCODER}: no encoder; run `sslpipe stage pretrain` first")
     parent = None
     if log_mlflow:
         import mlflow
 
         parent = mlflow.active_run().info.run_id
     _init_ray(cfg)
-    best, trials, table = {}, 0, []
+    best, table = {}, []
     try:
-        for arm in ARMS:
+        for arm in finetune_cfg.arms:  # teachers first
             if progress:
                 print(f"tune {arm}: {cfg.num_samples} trials, at most {cfg.max_concurrent_trials} at once", flush=True)
-            results = tune_arm(cfg, arm, data, parent, progress)
-            errors = [r.error for r in results if r.error]
-            if errors and len(errors) == len(results):
-                raise RuntimeError(f"every {arm} trial failed; first error: {errors[0]}")
-            top = results.get_best_result(metric="val_top1", mode="max", scope="all")
-            best[arm] = {k: top.config[k] for k in TUNED_KEYS}
-            best[arm]["val_top1"] = float(top.metrics_dataframe["val_top1"].max())
-            trials += len(results)
-            df = results.get_dataframe(filter_metric="val_top1", filter_mode="max")
-            for _, row in df.iterrows():
-                table.append({"arm": arm, **{k: row.get(f"config/{k}") for k in TUNED_KEYS},
-                              "val_top1": float(row["val_top1"]), "epochs_run": int(row["training_iteration"])})
+            best[arm], rows = best_of(tune_arm(cfg, arm, data, parent, progress))
+            table += rows
+            if any(ARMS[a].teacher == arm for a in finetune_cfg.arms):
+                data["teachers"][arm] = _teacher_state(arm, best[arm], data, finetune_cfg)
     finally:
         if not os.environ.get("RAY_ADDRESS"):
             ray.shutdown()
@@ -179,9 +198,9 @@ def tune_stage(cfg: TuneParams, finetune_cfg: FinetuneParams, progress: bool = T
     if log_mlflow:
         import mlflow
 
-        mlflow.log_metrics({f"tune/{arm}_best_val_top1": best[arm]["val_top1"] for arm in best})
+        mlflow.log_metrics({f"tune/{arm}_best_{METRIC}": best[arm][METRIC] for arm in best})
         mlflow.log_dict({"best": best, "trials": table}, "tune/trials.json")
-    return TuneResult(best, trials)
+    return TuneResult(best, len(table))
 
 
 def load_best() -> dict[str, Any]:

@@ -19,11 +19,11 @@ from tests.flows.conftest import project_env, server_state, sslpipe
 
 # smaller than --smoke where the outcome does not depend on it
 FAST = ["pretrain.knn_monitor_images=0"]
-# a challenger that learns: the smoke run's single tune trial per arm may draw lr 1e-4 with a frozen
-# encoder, whose 10 head steps stay at chance (top-1 0.04 on 300 images seen in CI, below a constant
-# model's 0.1); lr >= 2e-3 and 60 steps clear it. Both retrains on new data use it, so the second
+# a challenger that learns (two arms, lr >= 2e-3 and 60 steps: a smoke model of 10 steps can stay
+# near chance, below the test's constant model's 0.1). Both retrains on new data use it, so the second
 # finds the first's params and data cached.
-LEARNS = ["tune.search_space.lr=[0.002,0.003]", "finetune.min_steps=60"]
+LEARNS = ["finetune.arms=[ssl_finetune,supervised]", "tune.search_space.ssl_finetune.lr=[0.002,0.003]",
+          "tune.search_space.supervised.lr=[0.002,0.003]", "finetune.min_steps=60"]
 
 
 def _sets(overrides: list[str]) -> list[str]:

@@ -1,0 +1,106 @@
+"""The fine-tuning arms: the arm that ships is chosen on validation only, every arm gets the same
+budget, tune is reproducible, and the registered model's card says what won and whether
+pretraining paid off -- a baseline that wins on validation is what gets registered."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from tasks import paths
+from tasks.arms import ARMS, arm_config, choose
+from tasks.config import FinetuneParams, TuneParams
+from tests.tasks.test_stages import BEST, FRACTIONS, finetune_params
+
+
+def scores(**val_test: tuple[float, float]) -> dict[str, dict[str, float]]:
+    return {arm: {"val_top1": v, "test_top1": t} for arm, (v, t) in val_test.items()}
+
+
+def test_the_validation_best_ships_not_the_test_best() -> None:
+    arms = scores(ssl_finetune=(0.70, 0.95), ssl_fixmatch=(0.72, 0.60), supervised=(0.80, 0.50), fixmatch=(0.75, 0.99))
+    choice = choose(arms)
+    assert choice["selected"] == "supervised"  # best on validation, worst on test
+    assert choice["pretraining_paid_off"] is False
+    assert choice["best_ssl_arm"] == "ssl_fixmatch" and choice["best_baseline_arm"] == "supervised"
+    assert choose(scores(ssl_finetune=(0.9, 0.1), supervised=(0.8, 0.9)))["pretraining_paid_off"] is True
+
+
+def test_ties_and_missing_validation_go_to_the_first_arm() -> None:
+    assert choose(scores(ssl_finetune=(0.8, 0.1), supervised=(0.8, 0.9)))["selected"] == "ssl_finetune"
+    nan = math.nan
+    assert choose(scores(ssl_finetune=(nan, 0.1), supervised=(nan, 0.9)))["selected"] == "ssl_finetune"
+    assert choose(scores(supervised=(0.5, 0.5)))["pretraining_paid_off"] is None  # nothing to compare with
+
+
+def test_every_arm_gets_the_same_budget() -> None:
+    tuned = {"lr": 1e-3, "weight_decay": 1e-4, "epochs": 3, "encoder_lr_scale": 0.3}
+    cfg = FinetuneParams()
+    configs = {arm: arm_config(arm, tuned, cfg, batch_size=64, min_steps=50, seed=2) for arm in ARMS}
+    for c in configs.values():
+        assert (c.epochs, c.batch_size, c.min_steps, c.seed, c.lr) == (3, 64, 50, 2, 1e-3)
+    assert configs["ssl_fixmatch"].mu == configs["fixmatch"].mu == cfg.fixmatch.mu
+    assert configs["ssl_fixmatch"].threshold == cfg.fixmatch.threshold == 0.95  # FixMatch's paper value
+    tune = TuneParams()
+    assert set(tune.search_space) == set(ARMS)  # a search space for every arm, the same epochs and trials for all
+
+
+def test_distillation_needs_its_teacher_arm() -> None:
+    with pytest.raises(ValueError, match="ssl_finetune"):
+        FinetuneParams(arms=["ssl_distill", "supervised"])
+    assert FinetuneParams(arms=["supervised", "ssl_distill", "ssl_finetune"]).arms == ["ssl_finetune", "ssl_distill",
+                                                                                       "supervised"]
+
+
+def test_tune_twice_gives_the_same_configs(pretrained: Path) -> None:
+    """Same params and data: the same tuned configs and validation scores, to the last digit."""
+    from tasks.tune import tune_stage
+
+    cfg = TuneParams(label_fraction=0.5, num_samples=2, epochs=[1, 2], batch_size=16, max_concurrent_trials=2)
+    ft = finetune_params(arms=["ssl_finetune", "supervised"])
+    first = tune_stage(cfg, ft, progress=False, log_mlflow=False).best
+    report = json.loads(paths.TUNE_REPORT.read_text())
+    second = tune_stage(cfg, ft, progress=False, log_mlflow=False).best
+    assert first == second
+    assert json.loads(paths.TUNE_REPORT.read_text()) == report
+    assert len(report["trials"]) == 4 and {t["arm"] for t in report["trials"]} == {"ssl_finetune", "supervised"}
+    assert all(t["encoder_lr_scale"] in (0.1, 0.3) for t in report["trials"] if t["arm"] == "ssl_finetune")
+    other_seed = tune_stage(cfg.model_copy(update={"seed": 1}), ft, progress=False, log_mlflow=False).best
+    assert other_seed["supervised"]["lr"] != first["supervised"]["lr"]  # the seed does steer the search
+
+
+def test_a_baseline_that_wins_on_validation_is_registered_and_says_so(pretrained: Path, monkeypatch) -> None:
+    import mlflow
+    from mlflow import MlflowClient
+
+    from tasks.config import EvaluateParams, RegisterParams
+    from tasks.evaluate import evaluate
+    from tasks.finetune import finetune
+    from tasks.models import load_classifier, save_classifier
+    from tasks.register import register
+
+    paths.BEST_CONFIG.parent.mkdir(parents=True)
+    paths.BEST_CONFIG.write_text(json.dumps(BEST))
+    ft = finetune_params(arms=["ssl_finetune", "supervised"])
+    finetune(ft, progress=False, log_mlflow=False)
+    # make the baseline the validation-best at the largest fraction, whatever the tiny run gave
+    for arm, val in (("ssl_finetune", 0.1), ("supervised", 0.9)):
+        model, blob = load_classifier(paths.classifier_path(arm, max(FRACTIONS)))
+        extra = {k: v for k, v in blob.items() if k not in ("spec", "num_classes", "state_dict")}
+        save_classifier(model, blob["spec"], blob["num_classes"], paths.classifier_path(arm, max(FRACTIONS)),
+                        {**extra, "val_top1": val})
+    metrics = evaluate(EvaluateParams(embedding_plot_images=10), ft, log_mlflow=False)
+    assert metrics["selected_arm"] == "supervised" and metrics["pretraining_paid_off"] is False
+    with mlflow.start_run():
+        result = register(RegisterParams(), ft, params_digest="test")
+    client = MlflowClient()
+    mv = client.get_model_version("sslpipe-classifier", result.version)
+    assert mv.tags["arm"] == "supervised" and mv.tags["pretraining_paid_off"] == "false"
+    assert mv.tags["label_fraction"] == "0.5" and mv.tags["data.version"]
+    assert mv.tags["val_top1.supervised"] == "0.9000" and mv.tags["val_top1.ssl_finetune"] == "0.1000"
+    assert "test_top1.ssl_finetune" in mv.tags and "protocol" in mv.tags
+    assert "did NOT pay off" in mv.description and "supervised" in mv.description
+    assert result.alias == "champion"  # no champion before: this one is
