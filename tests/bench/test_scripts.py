@@ -103,3 +103,24 @@ def test_vs_lightly_compares_per_seed_or_says_it_skipped(fashion_dir: Path) -> N
     assert len(rows["sslpipe:simclr"][4].split()) == 2  # kNN of each seed
     assert rows["lightly:simclr:w0:fp32"][6] == "1.00x" and rows["lightly:simclr:w0:fp32"][7] == "-"
     assert rows["sslpipe:simclr"][7].startswith(("+", "-")) and "±" in rows["sslpipe:simclr"][7]
+
+
+def test_label_efficiency_reports_mean_std_and_ties(monkeypatch) -> None:
+    """The per-arm table over seeds: mean +- std, the SSL-vs-baseline difference per seed, and a
+    tie when it is under two standard deviations. (The stage functions it runs are tested in
+    tests/tasks; here its arithmetic, on made-up metrics.)"""
+    monkeypatch.syspath_prepend(str(BENCH))
+    spec = importlib.util.spec_from_file_location("label_efficiency", BENCH / "label_efficiency.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    def run(ssl: float, base: float) -> dict:
+        arms = {"ssl_finetune": {"val_top1": ssl, "test_top1": ssl}, "supervised": {"val_top1": base, "test_top1": base}}
+        return {"fractions": {"0.1": {"num_labels": 100, "num_val": 20, "arms": arms,
+                                      "selected": "ssl_finetune" if ssl >= base else "supervised"}}}
+
+    ahead = "\n".join(module.report({0: run(0.80, 0.70), 1: run(0.82, 0.71), 2: run(0.81, 0.70)}))
+    assert "ssl_finetune" in ahead and "0.8100 +- 0.0100" in ahead and "SSL ahead" in ahead
+    tie = "\n".join(module.report({0: run(0.80, 0.70), 1: run(0.70, 0.80), 2: run(0.76, 0.75)}))
+    assert "a tie (under 2 std)" in tie
+    assert "shipped (validation-best) per seed: ssl_finetune, supervised, ssl_finetune" in tie

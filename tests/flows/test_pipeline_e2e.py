@@ -45,9 +45,12 @@ def test_metrics_cover_the_evaluation_protocol(smoke_project):
         assert 0.0 <= metrics[key] <= 1.0, key
     assert set(metrics["fractions"]) == {"0.01", "0.1"}
     for entry in metrics["fractions"].values():
-        assert 0.0 <= entry["finetune_top1"] <= 1.0
-        assert 0.0 <= entry["supervised_top1"] <= 1.0
+        assert list(entry["arms"]) == ["ssl_finetune", "ssl_fixmatch", "ssl_distill", "supervised", "fixmatch"]
+        for scores in entry["arms"].values():
+            assert 0.0 <= scores["test_top1"] <= 1.0
+        assert entry["selected"] in entry["arms"]
         assert entry["num_labels"] >= 10  # at least one per class
+    assert metrics["selected_arm"] == metrics["fractions"]["0.1"]["selected"]
     assert len(metrics["per_class_top1"]) == 10
     assert (project / "reports/plots/confusion_matrix.png").stat().st_size > 0
 
