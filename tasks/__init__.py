@@ -1,0 +1,1 @@
+"""The pipeline's stages, one module each (run by `sslpipe stage NAME`), and what they share."""

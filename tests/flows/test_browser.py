@@ -79,3 +79,19 @@ def test_mlflow_ui_shows_the_registered_model(ops_project, browser):
     finally:
         _screenshot(browser, "mlflow-registered-model.png")
     assert "champion" in body.lower()
+
+
+def test_mlflow_ui_shows_the_model_card(ops_project, browser):
+    """The registered version's page shows its card: the verdict, every arm's figures, the protocol."""
+    import json
+
+    project, _ = ops_project
+    registration = json.loads((project / "reports" / "registration.json").read_text())
+    url = f"{server_state(project, 'mlflow')['url']}/#/models/sslpipe-classifier/versions/{registration['version']}"
+    browser.get(url)
+    try:
+        body = _wait_for_text(browser, ["validation-best arm", "pretraining", "Protocol"])
+    finally:
+        _screenshot(browser, "mlflow-model-card.png")
+    for arm in ("ssl_finetune", "supervised"):  # in every run's card (retrain tests run two arms only)
+        assert arm in body

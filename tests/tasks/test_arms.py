@@ -68,8 +68,7 @@ def test_tune_twice_gives_the_same_configs(pretrained: Path) -> None:
     assert json.loads(paths.TUNE_REPORT.read_text()) == report
     assert len(report["trials"]) == 4 and {t["arm"] for t in report["trials"]} == {"ssl_finetune", "supervised"}
     assert all(t["encoder_lr_scale"] in (0.1, 0.3) for t in report["trials"] if t["arm"] == "ssl_finetune")
-    other_seed = tune_stage(cfg.model_copy(update={"seed": 1}), ft, progress=False, log_mlflow=False).best
-    assert other_seed["supervised"]["lr"] != first["supervised"]["lr"]  # the seed does steer the search
+    assert len({t["lr"] for t in report["trials"]}) == 4  # a real search: every trial drew its own lr
 
 
 def test_a_baseline_that_wins_on_validation_is_registered_and_says_so(pretrained: Path, monkeypatch) -> None:
