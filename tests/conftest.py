@@ -1,4 +1,4 @@
-"""Fixtures shared by the whole suite: a throw-away copy of the project and a Prefect API."""
+"""What the whole suite shares: a throw-away copy of the project, the environment to run it in."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -40,14 +39,3 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     env.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     env.update(extra)
     return env
-
-
-@pytest.fixture(scope="session")
-def prefect_api_url():
-    """A temporary Prefect API for the session (Prefect's test harness); child processes reach
-    it through PREFECT_API_URL, which the harness sets only in this process's settings."""
-    from prefect.settings import PREFECT_API_URL
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=180):
-        yield PREFECT_API_URL.value()

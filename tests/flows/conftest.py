@@ -1,6 +1,7 @@
-"""One populated project for the operate tests (servers, deployments, retrain, models, browser):
-a copy of the project with `sslpipe server start` running in it and one `sslpipe run --smoke`
-done, built once per session. The servers are stopped at the end whatever happens."""
+"""One populated project for every end-to-end test (pipeline, servers, deployments, retrain, models,
+browser): a copy of the project with `sslpipe server start` running in it and one
+`sslpipe run --smoke` done, built once per session. The servers are stopped at the end whatever
+happens."""
 
 from __future__ import annotations
 
@@ -65,6 +66,7 @@ def ops_project(tmp_path_factory):
         start = time.perf_counter()
         sslpipe(project, "run", "--smoke", timeout=1200)
         timings["smoke_s"] = time.perf_counter() - start
+        timings["first_registration"] = json.loads((project / "reports" / "registration.json").read_text())
         yield project, timings
     finally:
         subprocess.run(["sslpipe", "server", "stop"], cwd=project, env=project_env(), capture_output=True, timeout=120)

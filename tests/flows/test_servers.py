@@ -48,6 +48,11 @@ def test_start_status_stop(ops_project):
         assert not (project / ".sslpipe" / "servers" / f"{st['name']}.pid").exists()
     assert [s for _, _, s in status(project)] == ["stopped", "stopped"]
 
+    # back as they were (same ports): the other end-to-end tests share these servers, in any order
+    sslpipe(project, "server", "start", "--prefect-port", str(states["prefect"]["port"]),
+            "--mlflow-port", str(states["mlflow"]["port"]), timeout=300)
+    assert [s for _, _, s in status(project)] == ["running", "running"]
+
 
 def test_status_reports_a_stale_pid_file(tmp_path):
     servers = tmp_path / ".sslpipe" / "servers"
