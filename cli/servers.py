@@ -54,7 +54,10 @@ def _bin(name: str) -> str:
 
 
 def port_free(host: str, port: int) -> bool:
+    """Whether a server could listen on ``port`` now. Binds as the servers do (SO_REUSEADDR), so a
+    port a stopped server left in TIME_WAIT counts as free: a restart may take the same port."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
             return True

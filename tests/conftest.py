@@ -8,6 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -39,3 +42,13 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     env.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     env.update(extra)
     return env
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread for every test: the tiny models here run several times faster that way
+    on a shared CPU than with threads contending for it (end-to-end tests run their own processes)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -9,21 +9,9 @@ import struct
 from pathlib import Path
 
 import numpy as np
-import pytest
-import torch
 from PIL import Image
 
 from ssl_models.data import FASHION_MNIST_FILES
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: the tiny models here run several times faster that way on a shared
-    CPU than with threads contending for it. Import into a test module to apply it there."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 IDX_TYPE_CODES = {np.dtype(np.uint8): 0x08, np.dtype(np.int8): 0x09, np.dtype(">i4"): 0x0C, np.dtype(">f4"): 0x0D}
 

@@ -25,15 +25,17 @@ ARTIFACTS = REPO / "tests" / "artifacts"  # screenshots and logs kept for people
 def project_env(**extra: str) -> dict[str, str]:
     """The environment for `sslpipe` in the project: no server variables of the caller's, so the
     CLI finds the project's own servers through .sslpipe/servers."""
-    env = subprocess_env(PREFECT_LOGGING_LEVEL="WARNING", COLUMNS="220", **extra)
+    env = subprocess_env(**{"PREFECT_LOGGING_LEVEL": "WARNING", "COLUMNS": "220", **extra})
     for key in ("PREFECT_API_URL", "PREFECT_UI_URL", "MLFLOW_TRACKING_URI", "PREFECT_HOME"):
         env.pop(key, None)
     return env
 
 
-def sslpipe(project: Path, *args: str, timeout: int = 900, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(["sslpipe", *args], cwd=project, env=project_env(), capture_output=True, text=True,
-                          timeout=timeout)
+def sslpipe(project: Path, *args: str, timeout: int = 900, check: bool = True,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run ``sslpipe ARGS`` in ``project`` (``env``: extra variables), failing with its output."""
+    proc = subprocess.run(["sslpipe", *args], cwd=project, env=project_env(**(env or {})), capture_output=True,
+                          text=True, timeout=timeout)
     if check:
         assert proc.returncode == 0, f"sslpipe {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}"
     return proc

@@ -19,6 +19,7 @@ from tests.flows.conftest import prefect_client, project_env, server_state, sslp
 
 pytestmark = pytest.mark.e2e
 
+FLOW_LOG = {"PREFECT_LOGGING_LEVEL": "INFO"}  # the flow's "inputs unchanged" lines are INFO
 OUTPUTS = ["data/sources.json", "data/dataset/images.npy", "models/encoder.pt", "models/tune/best.json", "reports/metrics.json"]
 
 
@@ -82,7 +83,7 @@ def test_dvc_agrees_and_a_second_run_recomputes_nothing(ops_project):
     status = subprocess.run(["dvc", "status", "--json"], cwd=project, env=project_env(), capture_output=True, text=True)
     assert status.returncode == 0 and json.loads(status.stdout or "{}") == {}, status.stdout + status.stderr
     before = {p: (project / p).stat().st_mtime_ns for p in OUTPUTS}
-    second = sslpipe(project, "run", "--smoke")
+    second = sslpipe(project, "run", "--smoke", env=FLOW_LOG)
     output = second.stdout + second.stderr
     assert ran_stages(output) == ["sources"]  # the manifest refresh runs every time, and finds nothing new
     assert output.count("inputs unchanged, nothing to do") == 7
@@ -113,7 +114,7 @@ def test_after_dvc_repro_the_flow_recomputes_nothing(ops_project):
     assert repro.returncode == 0, repro.stdout[-4000:] + repro.stderr[-4000:]
     assert "Running stage 'evaluate'" in repro.stdout
     assert "Running stage 'pretrain'" not in repro.stdout
-    again = sslpipe(project, "run", "--smoke")
+    again = sslpipe(project, "run", "--smoke", env=FLOW_LOG)
     output = again.stdout + again.stderr
     assert ran_stages(output) == ["sources"]
     assert output.count("inputs unchanged, nothing to do") == 7

@@ -19,7 +19,6 @@ from ssl_models.augment import (
     to_float,
 )
 from ssl_models.augment.ops import _rotate_hue
-from tests.fixtures import one_thread  # noqa: F401  (autouse)
 
 
 def gen(seed: int) -> torch.Generator:

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from ssl_models.data import DataError, FASHION_MNIST_FILES, read_fashion_mnist, read_idx, read_image_folder
-from tests.fixtures import one_thread  # noqa: F401  (autouse)
 from tests.fixtures import idx_bytes, write_fashion_mnist, write_idx, write_image_folder, write_png
 
 

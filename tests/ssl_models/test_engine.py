@@ -16,7 +16,6 @@ from ssl_models.backbones import Encoder, SmallCNN
 from ssl_models.engine import TrainConfig, _param_groups, train
 from ssl_models.methods import SimCLR
 from ssl_models.methods.base import SSLMethod, SSLOutput
-from tests.fixtures import one_thread  # noqa: F401  (autouse)
 
 
 def make_simclr(seed: int = 0, width: int = 8) -> SimCLR:

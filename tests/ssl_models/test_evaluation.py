@@ -9,7 +9,6 @@ import torch
 from ssl_models.backbones import Encoder, SmallCNN
 from ssl_models.classifier import Classifier, FinetuneConfig, accuracy, train_classifier
 from ssl_models.evaluation import extract_features, knn_predict, knn_top1, linear_probe
-from tests.fixtures import one_thread  # noqa: F401  (autouse)
 
 
 def gen(seed: int) -> torch.Generator:

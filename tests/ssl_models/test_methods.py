@@ -41,15 +41,6 @@ SMALL_ARGS: dict[str, dict] = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> object:
-    """Two shared cores: intra-op threads only oversubscribe them for these tiny models."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_encoder(name: str, channels: int) -> Encoder:
     if name == "mae":
         backbone = VisionTransformer(channels, patch_size=4, embed_dim=32, depth=2, num_heads=2)

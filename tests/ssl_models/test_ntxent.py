@@ -10,7 +10,6 @@ import torch
 import torch.nn.functional as F
 
 from ssl_models.losses import NTXentLoss
-from tests.fixtures import one_thread  # noqa: F401  (autouse)
 
 
 def reference_ntxent(z0: torch.Tensor, z1: torch.Tensor, temperature: float) -> float:

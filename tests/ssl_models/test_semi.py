@@ -31,7 +31,7 @@ from ssl_models.fixmatch import (
     train_fixmatch,
 )
 from ssl_models.semi import IndexStream, frozen_bn_statistics
-from tests.fixtures import balanced_labels, one_thread, separable_images  # noqa: F401  (autouse)
+from tests.fixtures import balanced_labels, separable_images
 
 CLASSES = 4
 COMMON = {"epochs": 2, "lr": 5e-3, "batch_size": 8, "min_steps": 0, "crop_scale": (0.8, 1.0), "precision": "fp32",

@@ -16,7 +16,6 @@ from ssl_models.classifier import train_classifier
 from ssl_models.engine import train
 from ssl_models.methods.base import SSLOutput
 from ssl_models.training import LossMeter
-from tests.fixtures import one_thread  # noqa: F401  (autouse)
 from tests.ssl_models.test_engine import FixedEmbeddingMethod, config, images, make_simclr
 from tests.ssl_models.test_evaluation import easy_task, ft_config, make_classifier
 

@@ -5,20 +5,25 @@ ingested / validated / pretrained."""
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
 
 from tasks.config import IngestParams, PretrainParams, ValidateParams
-from tests.fixtures import one_thread, write_fashion_mnist  # noqa: F401  (one_thread: autouse)
+from tests.fixtures import write_fashion_mnist
 
 N_TRAIN, N_TEST, SIDE = 200, 60, 16
 
 
 @pytest.fixture(autouse=True)
 def mlflow_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Anything that logs to MLflow logs into the test's own store."""
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    """Anything that logs to MLflow logs into the test's own store (the variable, and MLflow's
+    process-wide URI, which an earlier test in this process may have pointed at a server)."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    if "mlflow" in sys.modules:
+        sys.modules["mlflow"].set_tracking_uri(uri)
 
 
 @pytest.fixture(scope="session")
