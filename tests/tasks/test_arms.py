@@ -80,6 +80,7 @@ def test_a_baseline_that_wins_on_validation_is_registered_and_says_so(pretrained
     from tasks.finetune import finetune
     from tasks.models import load_classifier, save_classifier
     from tasks.register import register
+    from tasks.tracking import setup_mlflow
 
     paths.BEST_CONFIG.parent.mkdir(parents=True)
     paths.BEST_CONFIG.write_text(json.dumps(BEST))
@@ -93,6 +94,7 @@ def test_a_baseline_that_wins_on_validation_is_registered_and_says_so(pretrained
                         {**extra, "val_top1": val})
     metrics = evaluate(EvaluateParams(embedding_plot_images=10), ft, log_mlflow=False)
     assert metrics["selected_arm"] == "supervised" and metrics["pretraining_paid_off"] is False
+    setup_mlflow()  # the test's own store and experiment, as a stage run sets them
     with mlflow.start_run():
         result = register(RegisterParams(), ft, params_digest="test")
     client = MlflowClient()
