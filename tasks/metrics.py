@@ -3,6 +3,7 @@ Importing it is cheap (the CLI's summary and ``compare`` use it)."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 # the headline figures on the test split, with what they mean to a person
@@ -38,7 +39,8 @@ def arms_rows(metrics: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         cells = []
         for e in fractions.values():
             s = e["arms"].get(arm)
-            cells.append("-" if s is None else f"val {s['val_top1']:.4f} / test {s['test_top1']:.4f}"
+            val = "-" if s is None or math.isnan(s["val_top1"]) else f"{s['val_top1']:.4f}"  # none held out
+            cells.append("-" if s is None else f"val {val} / test {s['test_top1']:.4f}"
                          + (" *" if e.get("selected") == arm else ""))
         rows.append([arm, *cells])
     return header, rows
