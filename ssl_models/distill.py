@@ -20,7 +20,7 @@ from ssl_models.classifier import (
     weak_view,
 )
 from ssl_models.device import autocast
-from ssl_models.semi import IndexStream, semi_epoch
+from ssl_models.semi import semi_epoch, semi_random
 
 
 @dataclass
@@ -116,21 +116,18 @@ def train_distill(
     teacher.to(rt.device)
     if rt.channels_last:
         teacher.to(memory_format=torch.channels_last)
-    order_gen = torch.Generator().manual_seed(cfg.seed)
-    crop_gen = torch.Generator(device=rt.device).manual_seed(cfg.seed)
-    stream = IndexStream(x_unlabeled.shape[0], torch.Generator().manual_seed(cfg.seed + 1))
-    unlabeled_gen = torch.Generator(device=rt.device).manual_seed(cfg.seed + 1)
+    rng = semi_random(rt.device, x_unlabeled.shape[0], cfg.seed)
     y_labeled = y_labeled.to(rt.device)
     t = cfg.temperature
 
     def step(idx_l: Tensor, idx_u: Tensor) -> tuple[Tensor, list[Tensor]]:
-        u = weak_view(x_unlabeled[idx_u], rt, cfg.crop_scale, unlabeled_gen)  # (mu*B, C, H, W)
+        u = weak_view(x_unlabeled[idx_u], rt, cfg.crop_scale, rng.unlabeled)  # (mu*B, C, H, W)
         with torch.no_grad(), autocast(rt.device, rt.amp_dtype):
             teacher_logits = teacher(u)  # (mu*B, K)
         targets = soft_targets(teacher_logits, t)  # (mu*B, K), rows sum to 1
         inputs, b = u, 0
         if use_labels:
-            x_l = weak_view(x_labeled[idx_l], rt, cfg.crop_scale, crop_gen)  # (B, C, H, W)
+            x_l = weak_view(x_labeled[idx_l], rt, cfg.crop_scale, rng.crop)  # (B, C, H, W)
             inputs, b = training.to_memory_format(torch.cat([x_l, u]), rt.channels_last), len(idx_l)
         parts: list[Tensor] = []
 
@@ -148,7 +145,7 @@ def train_distill(
         return loss, parts
 
     def run_epoch(epoch: int) -> dict[str, float]:
-        return semi_epoch(rt, student, cfg, sched, epoch, x_labeled.shape[0], cfg.mu, order_gen, stream, step, names,
+        return semi_epoch(rt, student, cfg, sched, epoch, x_labeled.shape[0], cfg.mu, rng.order, rng.stream, step, names,
                           labeled_used=use_labels)
 
     return fit(student, rt, sched, cfg, run_epoch, val, on_epoch)

@@ -29,7 +29,7 @@ from ssl_models.classifier import (
     weak_view,
 )
 from ssl_models.device import autocast
-from ssl_models.semi import IndexStream, frozen_bn_statistics, semi_epoch
+from ssl_models.semi import frozen_bn_statistics, semi_epoch, semi_random
 
 METRICS = ("labeled_loss", "unlabeled_loss", "mask_rate")
 
@@ -171,17 +171,14 @@ def train_fixmatch(
     if cfg.mu < 1:
         raise ValueError(f"mu={cfg.mu}: FixMatch needs at least one unlabeled image per labeled one")
     rt, sched = setup_classifier(model, x_labeled.shape[0], cfg)
-    order_gen = torch.Generator().manual_seed(cfg.seed)  # the labeled order and crops: as train_classifier's
-    crop_gen = torch.Generator(device=rt.device).manual_seed(cfg.seed)
-    stream = IndexStream(x_unlabeled.shape[0], torch.Generator().manual_seed(cfg.seed + 1))
-    unlabeled_gen = torch.Generator(device=rt.device).manual_seed(cfg.seed + 1)
+    rng = semi_random(rt.device, x_unlabeled.shape[0], cfg.seed)
     y_labeled = y_labeled.to(rt.device)
 
     def step(idx_l: Tensor, idx_u: Tensor) -> tuple[Tensor, list[Tensor]]:
-        x_l = weak_view(x_labeled[idx_l], rt, cfg.crop_scale, crop_gen)  # (B, C, H, W)
+        x_l = weak_view(x_labeled[idx_l], rt, cfg.crop_scale, rng.crop)  # (B, C, H, W)
         u = x_unlabeled[idx_u].to(rt.device)  # (mu*B, C, H, W) uint8
-        u_weak = weak_view(u, rt, cfg.crop_scale, unlabeled_gen)
-        u_strong = strong_view(u, cfg, unlabeled_gen)
+        u_weak = weak_view(u, rt, cfg.crop_scale, rng.unlabeled)
+        u_strong = strong_view(u, cfg, rng.unlabeled)
         b, n_u = len(idx_l), len(idx_u)
         weak_logits = None
         if cfg.joint_forward:
@@ -203,6 +200,6 @@ def train_fixmatch(
         return loss, [parts[0].labeled, parts[0].unlabeled, parts[0].mask_rate]
 
     def run_epoch(epoch: int) -> dict[str, float]:
-        return semi_epoch(rt, model, cfg, sched, epoch, x_labeled.shape[0], cfg.mu, order_gen, stream, step, METRICS)
+        return semi_epoch(rt, model, cfg, sched, epoch, x_labeled.shape[0], cfg.mu, rng.order, rng.stream, step, METRICS)
 
     return fit(model, rt, sched, cfg, run_epoch, val, on_epoch)

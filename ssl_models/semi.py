@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -69,6 +70,23 @@ class MetricSums:
         """The means since construction (nan before any step)."""
         means = (self.total / self.count).tolist() if self.count else [float("nan")] * len(self.names)
         return dict(zip(self.names, means, strict=True))
+
+
+@dataclass
+class SemiRandom:
+    """The seeded randomness of a semi-supervised run: the labeled order and crops as
+    ``train_classifier`` draws them (``seed``), the unlabeled stream and its views (``seed + 1``)."""
+
+    order: torch.Generator  # the labeled order (CPU)
+    crop: torch.Generator  # the labeled batch's weak views (on the device)
+    stream: IndexStream  # the unlabeled indices
+    unlabeled: torch.Generator  # the unlabeled batch's views (on the device)
+
+
+def semi_random(device: torch.device, n_unlabeled: int, seed: int) -> SemiRandom:
+    return SemiRandom(torch.Generator().manual_seed(seed), torch.Generator(device=device).manual_seed(seed),
+                      IndexStream(n_unlabeled, torch.Generator().manual_seed(seed + 1)),
+                      torch.Generator(device=device).manual_seed(seed + 1))
 
 
 @contextlib.contextmanager
