@@ -29,8 +29,9 @@ from _common import setup_lines
 NEEDS = ("data/dataset", "reports/validation.json", "models/encoder.pt", "params.yaml")
 
 
-def run_seed(project: Path, seed: int, overrides: list[str]) -> dict:
-    """tune + finetune + evaluate at ``seed`` in a scratch copy of ``project``; returns metrics.json."""
+def run_seed(project: Path, seed: int, overrides: list[str], out: Path | None = None) -> dict:
+    """tune + finetune + evaluate at ``seed`` in a scratch copy of ``project``; returns metrics.json
+    (and copies the seed's ``reports/`` to ``out/seed<seed>/`` when given)."""
     from tasks.config import load_params
     from tasks.evaluate import evaluate
     from tasks.finetune import finetune
@@ -48,7 +49,10 @@ def run_seed(project: Path, seed: int, overrides: list[str]) -> dict:
             params = load_params("params.yaml", [*overrides, f"finetune.seed={seed}", f"tune.seed={seed}"])
             tune_stage(params.tune, params.finetune, progress=False, log_mlflow=False)
             finetune(params.finetune, progress=False, log_mlflow=False)
-            return evaluate(params.evaluate, params.finetune, log_mlflow=False)
+            metrics = evaluate(params.evaluate, params.finetune, log_mlflow=False)
+            if out is not None:
+                shutil.copytree(work / "reports", out / f"seed{seed}", dirs_exist_ok=True)
+            return metrics
         finally:
             os.chdir(cwd)
 
@@ -87,6 +91,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--project", type=Path, default=Path("."), help="a project that has run through pretrain")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (finetune.seed and tune.seed)")
+    parser.add_argument("--out", type=Path, help="keep each seed's reports/ (tune, finetune, metrics) in OUT/seed<N>/")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="section.key=value, as sslpipe run --set")
     args = parser.parse_args()
     project = args.project.resolve()
@@ -101,7 +106,7 @@ def main() -> None:
     runs, start = {}, time.perf_counter()
     for seed in args.seeds:
         t0 = time.perf_counter()
-        runs[seed] = run_seed(project, seed, args.overrides)
+        runs[seed] = run_seed(project, seed, args.overrides, args.out)
         print(f"seed {seed}: {time.perf_counter() - t0:.0f} s; shipped {runs[seed]['selected_arm']} "
               f"(test top-1 {runs[seed]['model_top1']:.4f})", flush=True)
     print("\n".join(report(runs)))
