@@ -6,6 +6,7 @@ Importing this module is cheap (no torch, prefect, mlflow or ray): commands impo
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Annotated, NoReturn, Optional
@@ -61,7 +62,20 @@ def enter_project() -> Path:
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+    show_notes()
     return root
+
+
+def show_notes() -> None:
+    """The stages' notes (``tasks.*`` INFO log lines, e.g. the backbone a method took) as plain
+    lines on stderr, once each (not also through a handler the tools put on the root logger)."""
+    logger = logging.getLogger("tasks")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
 
 
 def fail(message: str, code: int = 1) -> NoReturn:

@@ -6,14 +6,18 @@ Every model forbids unknown keys, so a misspelt key is an error that names it an
 
 from __future__ import annotations
 
+import difflib
 import inspect
+import logging
 import re
 from collections.abc import MutableMapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+
+log = logging.getLogger(__name__)
 
 
 class ParamsError(ValueError):
@@ -76,6 +80,22 @@ MethodName = Literal["simclr", "moco", "byol", "simsiam", "dino", "barlowtwins",
 BackboneName = Literal["small_cnn", "resnet18", "vit_tiny"]  # ``ssl_models.backbones.BACKBONES`` (a test keeps them equal)
 
 
+def _checks_methods(info: ValidationInfo) -> bool:
+    """Whether this validation checks against the SSL methods' registry (``ssl_models.methods``,
+    which imports torch); ``load_params`` first validates without, so a params error answers fast."""
+    return (info.context or {}).get("methods", True)
+
+
+def _registered_method(data: Any, info: ValidationInfo) -> Any:
+    """The method class ``data`` names, or None (not checked now, not a mapping, unknown name)."""
+    if not isinstance(data, dict) or not _checks_methods(info):
+        return None
+    from ssl_models.methods import METHODS
+
+    name = data.get("method", PretrainParams.model_fields["method"].default)
+    return METHODS.get(name) if isinstance(name, str) else None
+
+
 class AugmentParams(Section):
     """Overrides of the method's own views (``ssl_models.augment.ViewAugment`` arguments); a key
     left unset (null) keeps the method's default: SimCLR's views for most methods, crop and flip
@@ -120,16 +140,27 @@ class PretrainParams(Section):
 
     @model_validator(mode="before")
     @classmethod
-    def _method_optim(cls, data: Any) -> Any:
-        """Unset optimizer, lr, weight_decay: the method's own (``SSLMethod.optim``)."""
-        from ssl_models.methods import METHODS
-
-        if isinstance(data, dict) and (method := METHODS.get(data.get("method", cls.model_fields["method"].default))):
-            data = {**data, **{k: v for k, v in method.optim.items() if data.get(k) is None}}
+    def _method_defaults(cls, data: Any, info: ValidationInfo) -> Any:
+        """Unset optimizer, lr, weight_decay: the method's own (``SSLMethod.optim``). A method that
+        needs a particular backbone (mae) takes it when the backbone is at its default and no
+        ``--set pretrain.backbone`` chose it; the mismatch check below catches the rest."""
+        method = _registered_method(data, info)
+        if method is None:
+            return data
+        data = {**data, **{k: v for k, v in method.optim.items() if data.get(k) is None}}
+        default = cls.model_fields["backbone"].default
+        chosen = "pretrain.backbone" in (info.context or {}).get("set", ())
+        if method.backbones and default not in method.backbones and data.get("backbone", default) == default \
+                and not chosen:
+            data["backbone"] = method.backbones[0]
+            log.info("pretrain: %s trains a %s backbone, so pretrain.backbone %s (its default) became %s",
+                     method.name, " or ".join(method.backbones), default, method.backbones[0])
         return data
 
     @model_validator(mode="after")
-    def _method_fits(self) -> "PretrainParams":
+    def _method_fits(self, info: ValidationInfo) -> "PretrainParams":
+        if not _checks_methods(info):
+            return self
         from ssl_models.methods import METHODS
 
         backbones = METHODS[self.method].backbones
@@ -274,7 +305,7 @@ class RetrainParams(Section):
 class Params(Section):
     ingest: IngestParams = IngestParams()
     validate_: ValidateParams = Field(ValidateParams(), alias="validate")
-    pretrain: PretrainParams = PretrainParams()
+    pretrain: PretrainParams = Field(default_factory=PretrainParams)  # built when needed: it imports the methods
     tune: TuneParams = TuneParams()
     finetune: FinetuneParams = FinetuneParams()
     evaluate: EvaluateParams = EvaluateParams()
@@ -315,16 +346,45 @@ def apply_overrides(doc: MutableMapping[str, Any], overrides: Sequence[str]) -> 
     return doc
 
 
+def known_keys(model: type[BaseModel] | None = None, prefix: str = "") -> list[str]:
+    """Every key a params file can spell, dotted: ``pretrain``, ``pretrain.augment.flip_p``, ..."""
+    out = []
+    for name, field in (model or Params).model_fields.items():
+        key = prefix + (field.alias or name)
+        out.append(key)
+        kind = field.annotation
+        if isinstance(kind, type) and issubclass(kind, BaseModel):
+            out += known_keys(kind, f"{key}.")
+        elif get_origin(kind) is dict and get_origin(get_args(kind)[0]) is Literal:  # tune.search_space.<arm>
+            for item in get_args(get_args(kind)[0]):
+                out += [f"{key}.{item}", *known_keys(get_args(kind)[1], f"{key}.{item}.")]
+    return out
+
+
+def suggest(key: str) -> list[str]:
+    """Known keys a misspelt or misplaced ``key`` may mean: a close name in its own section, else
+    the same or a close name in any section (``epochs`` -> pretrain.epochs, tune.epochs)."""
+    parent, _, name = key.rpartition(".")
+
+    def likeness(k: str) -> float:
+        return difflib.SequenceMatcher(None, name, k.rpartition(".")[2]).ratio()
+
+    near = sorted((k for k in known_keys() if likeness(k) >= 0.8), key=lambda k: -likeness(k))
+    return ([k for k in near if k.rpartition(".")[0] == parent] or near)[:3]
+
+
 def _format_error(e: ValidationError, source: str, overrides: Sequence[str]) -> str:
-    """One line per bad key; a key that came from ``--set`` is blamed on ``--set``."""
+    """One line per bad key; a key that came from ``--set`` is blamed on ``--set``, not the file."""
     set_keys = {text.partition("=")[0].strip() for text in overrides}
-    lines = [f"invalid parameters ({source})"]
+    lines, from_file = [], False
     for err in e.errors():
         key = ".".join(str(p) for p in err["loc"]).replace("validate_", "validate").replace("register_", "register")
         from_set = any(k == key or k.startswith(f"{key}.") for k in set_keys)
+        from_file |= not from_set
         where = f"--set {key}" if from_set else f"{source}: {key}"
         if err["type"] == "extra_forbidden":
-            lines.append(f"  - {where}: unknown key (misspelt? see params.yaml for the known keys)")
+            hint = f"did you mean {' or '.join(found)}?" if (found := suggest(key)) else "see params.yaml for the known keys"
+            lines.append(f"  - {where}: unknown key; {hint}")
         elif err["type"] == "literal_error":  # a closed set of names: list them
             names = ", ".join(re.findall(r"'([^']*)'", err["ctx"]["expected"]))
             lines.append(f"  - {where}: unknown {err['loc'][-1]} {err['input']!r}; choose one of {names}")
@@ -332,7 +392,7 @@ def _format_error(e: ValidationError, source: str, overrides: Sequence[str]) -> 
             lines.append(f"  - {where}: {err['msg'].removeprefix('Value error, ')}")
         else:
             lines.append(f"  - {where}: {err['msg']} (got {err.get('input')!r})")
-    return "\n".join(lines)
+    return "\n".join([f"invalid parameters ({source})" if from_file else "invalid --set", *lines])
 
 
 def read_raw(path: str | Path) -> dict[str, Any]:
@@ -355,7 +415,10 @@ def load_params(path: str | Path = "params.yaml", overrides: Sequence[str] = ())
         ParamsError: naming the file (or ``--set``) and each bad key.
     """
     raw = apply_overrides(read_raw(path), overrides)
+    set_keys = [text.partition("=")[0].strip() for text in overrides]
     try:
-        return Params.model_validate(raw)
+        # keys, types and ranges first: their errors answer without importing the methods (torch)
+        Params.model_validate(raw, context={"methods": False})
+        return Params.model_validate(raw, context={"set": set_keys})
     except ValidationError as e:
         raise ParamsError(_format_error(e, str(path), overrides)) from None

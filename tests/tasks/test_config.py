@@ -4,19 +4,24 @@ key and the file; --set overrides parse as YAML; write_params_yaml keeps comment
 from __future__ import annotations
 
 import difflib
+import logging
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from tasks.run_setup import write_params_yaml
+from tasks.tracking import flatten
 from tasks.config import (
     STAGES,
     BackboneName,
     Params,
     ParamsError,
     apply_overrides,
+    known_keys,
     load_params,
     parse_override,
 )
@@ -227,10 +232,25 @@ def test_unset_optimizer_is_the_methods(params_file: Path) -> None:
         load_params(params_file, ["pretrain.optimizer=lamb"])
 
 
-def test_method_backbone_mismatch_names_the_fix(params_file: Path) -> None:
-    with pytest.raises(ParamsError, match="mae needs backbone vit_tiny.*pretrain.backbone=vit_tiny"):
+def test_a_method_takes_its_backbone_when_the_backbone_is_left_at_its_default(params_file: Path, caplog) -> None:
+    """mae needs vit_tiny: with pretrain.backbone at its default it takes it, and says so."""
+    with caplog.at_level(logging.INFO, logger="tasks.config"):
+        params = load_params(params_file, ["pretrain.method=mae"]).pretrain
+    assert params.backbone == "vit_tiny" and params.args == {"mask_ratio": 0.75}
+    assert "mae trains a vit_tiny backbone" in caplog.text and "small_cnn" in caplog.text
+    edit(params_file, "pretrain", "method", "mae")  # the same when params.yaml names the method
+    assert load_params(params_file).pretrain.backbone == "vit_tiny"
+    assert load_params(params_file, ["pretrain.method=simclr"]).pretrain.backbone == "small_cnn"  # back again
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "small_cnn"])
+def test_an_explicit_method_backbone_mismatch_names_the_fix(params_file: Path, backbone: str) -> None:
+    """Only a backbone the user chose (in the file, or by --set, even the default) is a mismatch."""
+    with pytest.raises(ParamsError, match=f"mae needs backbone vit_tiny \\(got {backbone}\\).*pretrain.backbone=vit_tiny"):
+        load_params(params_file, ["pretrain.method=mae", f"pretrain.backbone={backbone}"])
+    edit(params_file, "pretrain", "backbone", "resnet18")
+    with pytest.raises(ParamsError, match="mae needs backbone vit_tiny"):
         load_params(params_file, ["pretrain.method=mae"])
-    assert load_params(params_file, ["pretrain.method=mae", "pretrain.backbone=vit_tiny"]).pretrain.args == {"mask_ratio": 0.75}
 
 
 # ------------------------------------------------------------------------------------- overrides
@@ -281,8 +301,37 @@ def test_overrides_applied_and_validated(params_file: Path) -> None:
 def test_unknown_override_key(params_file: Path, override: str, key: str) -> None:
     with pytest.raises(ParamsError) as e:
         load_params(params_file, [override])
-    assert f"{key}: unknown key" in str(e.value) and str(params_file) in str(e.value)
-    assert f"--set {key}" in str(e.value)  # blamed on the option, not on the file
+    assert f"--set {key}: unknown key" in str(e.value)  # blamed on the option, not on the file
+    assert str(params_file) not in str(e.value) and str(e.value).startswith("invalid --set")
+
+
+@pytest.mark.parametrize(
+    "override,suggested",
+    [("epochs=3", "pretrain.epochs or tune.epochs"), ("pretrain.epohcs=1", "pretrain.epochs"),
+     ("pretrian.epochs=1", "pretrain"), ("pretrain.augment.flip=0.1", "pretrain.augment.flip_p"),
+     ("ingest.train_dir=x", "ingest.image_folder.train_dir"),
+     ("tune.search_space.supervised.lrr=[0.1, 1]", "tune.search_space.supervised.lr")],
+)
+def test_unknown_key_suggests_the_known_one(params_file: Path, override: str, suggested: str) -> None:
+    with pytest.raises(ParamsError, match=f"did you mean {suggested}"):
+        load_params(params_file, [override])
+
+
+def test_known_keys_are_the_params_files_keys() -> None:
+    spelt = {k for k in flatten(Params().to_dict()) if not k.startswith("pretrain.method_args.")}  # free-form
+    assert spelt <= set(known_keys())
+    assert {"pretrain", "pretrain.augment", "tune.search_space.fixmatch.lr"} <= set(known_keys())
+
+
+def test_a_params_error_imports_no_torch(tmp_path: Path) -> None:
+    """A misspelt --set is rejected before the SSL methods (and torch) are imported: fast."""
+    code = ("import sys\nfrom tasks.config import ParamsError, load_params\n"
+            "for bad in ('epochs=3', 'pretrain.epochs=abc', 'pretrain.method=nosuch'):\n"
+            "    try:\n        load_params(sys.argv[1], [bad])\n    except ParamsError:\n        pass\n"
+            "print(sorted(m for m in ('torch', 'mlflow', 'prefect', 'ray') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code, str(PROJECT_PARAMS)], capture_output=True, text=True,
+                         cwd=PROJECT_PARAMS.parent, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
 
 
 def test_override_bad_type_and_through_a_value(params_file: Path) -> None:
