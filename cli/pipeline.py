@@ -20,13 +20,14 @@ def stage(
 ) -> None:
     """Run one stage, exactly as `dvc repro` calls it (outputs in data/, models/, reports/)."""
     enter_project()
-    from tasks import paths
     from tasks.config import STAGES, load_params
-    from tasks.io import write_json
-    from tasks.runner import run_stage
 
     if name not in STAGES:
         fail(f"unknown stage {name!r}; choose one of {', '.join(STAGES)}", 2)
+    from tasks import paths
+    from tasks.io import write_json
+    from tasks.runner import run_stage
+
     try:
         params = load_params(params_file)
         result = run_stage(name, params, progress=progress)
