@@ -16,6 +16,9 @@ PARENT_RUN_ENV = "SSLPIPE_PARENT_RUN_ID"
 FLOW_RUN_ID_ENV = "SSLPIPE_PREFECT_FLOW_RUN_ID"
 FLOW_RUN_URL_ENV = "SSLPIPE_PREFECT_RUN_URL"
 DEFAULT_EXPERIMENT = "sslpipe"
+# the MLflow 3 UI opens an experiment without this tag on its GenAI overview (traces); this value
+# (one of the UI's experiment kinds) opens it on the training runs
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 
 
 def tracking_uri() -> str:
@@ -24,7 +27,8 @@ def tracking_uri() -> str:
 
 
 def setup_mlflow() -> str:
-    """Point MLflow at the store and the experiment (``MLFLOW_EXPERIMENT_NAME``, default sslpipe);
+    """Point MLflow at the store and the experiment (``MLFLOW_EXPERIMENT_NAME``, default sslpipe),
+    an experiment of training runs for the UI (``EXPERIMENT_KIND``, unless the user set another);
     returns the experiment id. Artifacts of a local store go to ``mlruns/`` in the project root."""
     import mlflow
 
@@ -34,7 +38,8 @@ def setup_mlflow() -> str:
     if experiment is None:
         location = (Path.cwd() / "mlruns").as_uri() if tracking_uri().startswith("sqlite") else None
         try:
-            experiment_id = mlflow.create_experiment(name, artifact_location=location)
+            experiment_id = mlflow.create_experiment(name, artifact_location=location,
+                                                     tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
         except Exception:  # created meanwhile by a concurrent stage
             experiment = mlflow.get_experiment_by_name(name)
             if experiment is None:
@@ -42,6 +47,8 @@ def setup_mlflow() -> str:
             experiment_id = experiment.experiment_id
     else:
         experiment_id = experiment.experiment_id
+        if EXPERIMENT_KIND_TAG not in experiment.tags:  # created before sslpipe tagged its experiments
+            mlflow.MlflowClient().set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     # also after creating it: else the first run of a fresh store lands in "Default"
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
