@@ -61,6 +61,9 @@ def enter_project() -> Path:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local, loopback-only instance
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+    # Ray Tune's new output engine prints its config table and a TensorBoard hint even at verbose=0
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # a "View run" link per run ended
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
     show_notes()
     return root
@@ -79,8 +82,9 @@ def show_notes() -> None:
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
-    """Print ``error: message`` on stderr and exit with ``code`` (1: a failure, 2: a usage error)."""
-    err_console.print(f"[red]error:[/] {message}", highlight=False)
+    """Print ``error: message`` on stderr and exit with ``code`` (1: a failure, 2: a usage error).
+    Never wrapped: one line a log or the pipeline flow can pick up whole, paths and URLs unbroken."""
+    err_console.print(f"[red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -89,6 +93,8 @@ def known_errors() -> tuple[type[BaseException], ...]:
     from ssl_models.data import DataError
     from tasks.config import ParamsError
     from tasks.dataset import DatasetError
+    from tasks.locks import LockTimeout
+    from tasks.registry import RegistryError
     from tasks.validate import ValidationFailed
 
-    return (DataError, ParamsError, DatasetError, ValidationFailed, FileNotFoundError)
+    return (DataError, ParamsError, DatasetError, ValidationFailed, RegistryError, LockTimeout, FileNotFoundError)
