@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from cli.app import app, console, enter_project, fail
+from cli.app import app, console, enter_project, err_console, fail
 
 @app.command()
 def compare(
@@ -56,29 +56,38 @@ def models(
 
 @app.command()
 def predict(
-    images: Annotated[list[Path], typer.Argument(help="Image files and/or folders (searched recursively).")],
-    model: Annotated[str, typer.Option("--model", "-m", help="An alias (champion, challenger), a version number, or a models:/ URI.")] = "champion",
-    name: Annotated[Optional[str], typer.Option(help="Registered model (default: register.model_name in params.yaml).")] = None,
+    images: Annotated[list[Path], typer.Argument(help="Image files and/or folders (searched recursively).", metavar="IMAGE_OR_FOLDER...")],
+    model: Annotated[str, typer.Option("--model", "-m", metavar="ALIAS|VERSION|URI", help="An alias (champion, challenger), a version number, or a models:/ URI.")] = "champion",
+    name: Annotated[Optional[str], typer.Option(metavar="MODEL_NAME", help="Registered model (default: register.model_name in params.yaml).")] = None,
+    strict: Annotated[bool, typer.Option("--strict", help="Fail on an unreadable image instead of skipping it with a warning.")] = False,
 ) -> None:
     """Classify images with a registered model loaded through MLflow (as `mlflow models serve` does)."""
     images = [p.resolve() for p in images]  # relative to where the command was typed
     enter_project()
-    from tasks.predict import image_files, model_uri, predict_files
-    from tasks.config import load_params
+    from ssl_models.data import DataError
+    from tasks.config import ParamsError, load_params
+    from tasks.predict import ModelLoadError, image_files, model_uri, predict_files
+
+    try:
+        files = image_files(images)  # before MLflow: a wrong path answers at once
+        uri = model_uri(model, name or load_params().register_.model_name)
+    except (FileNotFoundError, DataError, ParamsError) as e:
+        fail(str(e))
     from tasks.tracking import setup_mlflow
 
     setup_mlflow()
-    uri = model_uri(model, name or load_params().register_.model_name)
     try:
-        files = image_files(images)
-        results = predict_files(uri, files)
-    except FileNotFoundError as e:
+        result = predict_files(uri, files, strict=strict)
+    except (DataError, ModelLoadError, ValueError) as e:
         fail(str(e))
-    except Exception as e:  # noqa: BLE001 -- MLflow's errors for a missing alias or model
-        fail(f"{uri}: {e}")
     table = Table(show_edge=False, title=uri)
     for col in ("image", "class", "probability"):
         table.add_column(col)
-    for f, cls, p in results:
+    for f, cls, p in result.rows:
         table.add_row(str(f), cls, f"{p:.3f}")
     console.print(table)
+    for why in result.skipped:
+        err_console.print(f"[yellow]warning:[/] skipped {why}", highlight=False, soft_wrap=True)
+    if result.skipped:
+        err_console.print(f"[yellow]warning:[/] {len(result.skipped)} of {len(files)} images unreadable and skipped "
+                          "(--strict makes that an error)", highlight=False)

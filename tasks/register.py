@@ -16,6 +16,7 @@ from __future__ import annotations
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,8 +44,11 @@ class RegisterResult:
     reason: str
 
 
+SERVED_MODEL = Path(__file__).with_name("served_model.py")  # what MLflow runs to load the model
+
+
 class _Probabilities(torch.nn.Module):
-    """What gets served: [0, 1] images (N, C, H, W) float32 -> class probabilities (N, K)."""
+    """The network inside the served model: [0, 1] images (N, C, H, W) float32 -> class probabilities (N, K)."""
 
     def __init__(self, classifier: torch.nn.Module) -> None:
         super().__init__()
@@ -86,12 +90,41 @@ def register(cfg: RegisterParams, finetune_cfg: FinetuneParams, params_digest: s
     return result
 
 
+def log_served_model(classifier: torch.nn.Module, classes: list[str], example: np.ndarray) -> Any:
+    """Log ``classifier`` to the active run as the model MLflow serves (``tasks/served_model.py``):
+    [0, 1] images -> a ``class`` column and a probability column per class.
+
+    Args:
+        classes: the class names, in the classifier's output order.
+        example: float32 (n, C, H, W) images in [0, 1], the input example.
+
+    Returns:
+        MLflow's ``ModelInfo`` (``model_uri`` to register).
+    """
+    import mlflow
+
+    requirements = [f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"]
+    with tempfile.TemporaryDirectory() as tmp:
+        network = Path(tmp) / "network"  # the probabilities, as an MLflow PyTorch model
+        mlflow.pytorch.save_model(_Probabilities(classifier).eval(), network, input_example=example,
+                                  pip_requirements=requirements)
+        return mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(SERVED_MODEL),
+            artifacts={"network": str(network)},
+            model_config={"classes": list(classes)},
+            input_example=example,
+            pip_requirements=requirements,
+            metadata={"classes": list(classes), "input": "float32 (N, C, H, W) in [0, 1]",
+                      "output": "a DataFrame: class (the most probable class's name), then a probability column per class"},
+        )
+
+
 def _log_and_register(cfg: RegisterParams, finetune_cfg: FinetuneParams, data: Dataset, metrics: dict, key: str) -> str:
     """Log the chosen classifier (``metrics["selected_arm"]`` at the largest label fraction) as an
     MLflow model and register it with its model card."""
     import mlflow
     from mlflow import MlflowClient
-    from mlflow.models import infer_signature
 
     fraction = max(finetune_cfg.label_fractions)
     arm = metrics["selected_arm"]
@@ -100,19 +133,7 @@ def _log_and_register(cfg: RegisterParams, finetune_cfg: FinetuneParams, data: D
     classifier, _ = load_classifier(classifier_file)
     x_train, _ = data.split("train")
     x_test, _ = data.split("test")
-    example = (x_test[:4].float() / 255).numpy()
-    model = _Probabilities(classifier).eval()
-    with torch.no_grad():
-        output = model(torch.from_numpy(example)).numpy()
-
-    info = mlflow.pytorch.log_model(
-        model,
-        name="model",
-        input_example=example,
-        signature=infer_signature(example, output),
-        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
-        metadata={"classes": data.classes, "input": "float32 (N, C, H, W) in [0, 1]", "output": "class probabilities"},
-    )
+    info = log_served_model(classifier, data.classes, (x_test[:4].float() / 255).numpy())
     mlflow.log_metric(cfg.metric, value)
     mlflow.log_dict({"classes": data.classes}, "model/classes.json")
     _log_drift_reference(x_train, classifier_file)

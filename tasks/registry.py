@@ -102,6 +102,16 @@ def model_uri(name: str, version: str) -> str:
     return f"models:/{name}/{version}"
 
 
+def class_probabilities(output: Any) -> tuple[np.ndarray, list[str] | None]:
+    """A registered model's output -> (N, K) class probabilities, and the class names when the
+    output names them: a DataFrame (``class``, then a column per class: ``tasks/served_model.py``),
+    or the bare (N, K) array of versions registered before it."""
+    if hasattr(output, "columns") and "class" in output.columns:
+        probs = output.drop(columns="class")
+        return probs.to_numpy(dtype=np.float64), [str(c) for c in probs.columns]
+    return np.asarray(output), None
+
+
 def score_top1(model_uri: str, x_test, y_test, batch_size: int = 512) -> float | None:
     """Top-1 of a registered model (through MLflow pyfunc, as it is served) on uint8 test images
     (N, C, H, W); None when the model cannot read them (another image shape)."""
@@ -113,7 +123,7 @@ def score_top1(model_uri: str, x_test, y_test, batch_size: int = 512) -> float |
     for start in range(0, len(y_test), batch_size):
         x = (x_test[start : start + batch_size].float() / 255).numpy()
         try:
-            probs = np.asarray(model.predict(x))  # (n, K) class probabilities
+            probs, _ = class_probabilities(model.predict(x))  # (n, K)
         except (MlflowException, RuntimeError, AssertionError, ValueError):
             return None
         correct += int((probs.argmax(1) == y_test[start : start + batch_size].numpy()).sum())

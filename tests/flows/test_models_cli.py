@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -59,7 +58,9 @@ def test_predict_on_png_files_matches_the_in_memory_model(ops_project, tmp_path)
         expected = classifier(x.float() / 255).argmax(1).numpy()
     mlflow.set_tracking_uri(client.tracking_uri)
     pyfunc = mlflow.pyfunc.load_model("models:/sslpipe-classifier@champion")
-    assert np.array_equal(np.asarray(pyfunc.predict((x.float() / 255).numpy())).argmax(1), expected)
+    served = pyfunc.predict((x.float() / 255).numpy())  # a class column, then a probability column per class
+    assert list(served.columns) == ["class", *data.classes]
+    assert list(served["class"]) == [data.classes[k] for k in expected]
 
     out = sslpipe(project, "predict", "--model", "champion", str(folder)).stdout
     got = {}
