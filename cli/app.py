@@ -20,16 +20,19 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # classic help: flags read as flags, values as their metavars (no "<bool>" column)
 )
 console = Console()
 err_console = Console(stderr=True)
 
 SetOption = Annotated[
     Optional[list[str]],
-    typer.Option("--set", "-s", help="Override a parameter: section.key=value (repeatable), e.g. pretrain.epochs=5."),
+    typer.Option("--set", "-s", metavar="KEY=VALUE",
+                 help="Override a parameter: section.key=value (repeatable), e.g. pretrain.epochs=5."),
 ]
 ParamsOption = Annotated[
-    Path, typer.Option("--params", "-p", help="Parameters file to start from (its values go into params.yaml).")
+    Path, typer.Option("--params", "-p", metavar="FILE",
+                       help="Parameters file to start from (its values go into params.yaml).")
 ]
 
 

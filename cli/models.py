@@ -13,10 +13,13 @@ from cli.app import app, console, enter_project, err_console, fail
 
 @app.command()
 def compare(
-    run_ids: Annotated[Optional[list[str]], typer.Argument(help="MLflow run ids (or 8+ character prefixes).")] = None,
-    last: Annotated[int, typer.Option("--last", "-n", help="Without run ids: the last N pipeline runs.")] = 5,
+    run_ids: Annotated[Optional[list[str]], typer.Argument(metavar="RUN_ID", hidden=True)] = None,  # in the docstring
+    last: Annotated[int, typer.Option("--last", "-n", metavar="N", help="Without run ids: the last N pipeline runs.")] = 5,
 ) -> None:
-    """Pipeline runs side by side from MLflow: params that differ, metrics, duration."""
+    """Pipeline runs side by side from MLflow: params that differ, metrics, duration.
+
+    RUN_ID: MLflow run ids (or 8+ character prefixes); without any, the last N pipeline runs.
+    """
     enter_project()
     from mlflow import MlflowClient
 
@@ -35,7 +38,7 @@ def compare(
 
 @app.command()
 def models(
-    name: Annotated[Optional[str], typer.Option(help="Registered model (default: register.model_name in params.yaml).")] = None,
+    name: Annotated[Optional[str], typer.Option(metavar="MODEL_NAME", help="Registered model (default: register.model_name in params.yaml).")] = None,
 ) -> None:
     """The registered versions, with their aliases (champion, challenger) and key metrics."""
     enter_project()
@@ -56,12 +59,15 @@ def models(
 
 @app.command()
 def predict(
-    images: Annotated[list[Path], typer.Argument(help="Image files and/or folders (searched recursively).", metavar="IMAGE_OR_FOLDER...")],
+    images: Annotated[list[Path], typer.Argument(metavar="IMAGE", hidden=True)],  # in the docstring
     model: Annotated[str, typer.Option("--model", "-m", metavar="ALIAS|VERSION|URI", help="An alias (champion, challenger), a version number, or a models:/ URI.")] = "champion",
     name: Annotated[Optional[str], typer.Option(metavar="MODEL_NAME", help="Registered model (default: register.model_name in params.yaml).")] = None,
     strict: Annotated[bool, typer.Option("--strict", help="Fail on an unreadable image instead of skipping it with a warning.")] = False,
 ) -> None:
-    """Classify images with a registered model loaded through MLflow (as `mlflow models serve` does)."""
+    """Classify images with a registered model loaded through MLflow (as `mlflow models serve` does).
+
+    IMAGE: image files and/or folders (searched recursively).
+    """
     images = [p.resolve() for p in images]  # relative to where the command was typed
     enter_project()
     from ssl_models.data import DataError

@@ -12,16 +12,16 @@ from rich.table import Table
 from cli.app import app, console, enter_project, fail
 
 server_app = typer.Typer(help="The project's Prefect and MLflow servers (UIs, shared API), started detached.",
-                         no_args_is_help=True)
+                         no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(server_app, name="server")
 
 
 @server_app.command("start")
 def server_start(
-    host: Annotated[str, typer.Option(help="Address to bind; 0.0.0.0 exposes the UIs to the network.")] = "127.0.0.1",
-    prefect_port: Annotated[Optional[int], typer.Option(help="Prefect port (default 4200, else a free one; 0: any free).")] = None,
-    mlflow_port: Annotated[Optional[int], typer.Option(help="MLflow port (default 5000, else a free one; 0: any free).")] = None,
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for both health checks.")] = 180,
+    host: Annotated[str, typer.Option(metavar="ADDRESS", help="Address to bind; 0.0.0.0 exposes the UIs to the network.")] = "127.0.0.1",
+    prefect_port: Annotated[Optional[int], typer.Option(metavar="PORT", help="Prefect port (default 4200, else a free one; 0: any free).")] = None,
+    mlflow_port: Annotated[Optional[int], typer.Option(metavar="PORT", help="MLflow port (default 5000, else a free one; 0: any free).")] = None,
+    timeout: Annotated[float, typer.Option(metavar="SECONDS", help="Seconds to wait for both health checks.")] = 180,
 ) -> None:
     """Start the Prefect server and the MLflow server in the background and wait until both are healthy."""
     import time
@@ -81,7 +81,7 @@ def server_status() -> None:
 
 @app.command()
 def serve(
-    limit: Annotated[Optional[int], typer.Option(help="At most this many flow runs at a time.")] = None,
+    limit: Annotated[Optional[int], typer.Option(metavar="N", help="At most this many flow runs at a time.")] = None,
 ) -> None:
     """Create the `pipeline` and `retrain` deployments and run their flow runs until Ctrl-C.
 

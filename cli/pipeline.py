@@ -14,11 +14,14 @@ from cli.app import ParamsOption, SetOption, app, console, enter_project, fail, 
 
 @app.command()
 def stage(
-    name: Annotated[str, typer.Argument(help="sources, ingest, validate, pretrain, tune, finetune, evaluate or register.")],
-    params_file: Annotated[Path, typer.Option("--params", "-p", help="Parameters file (DVC uses params.yaml).")] = Path("params.yaml"),
+    name: Annotated[str, typer.Argument(metavar="STAGE", hidden=True)],  # in the docstring
+    params_file: Annotated[Path, typer.Option("--params", "-p", metavar="FILE", help="Parameters file (DVC uses params.yaml).")] = Path("params.yaml"),
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
-    """Run one stage, exactly as `dvc repro` calls it (outputs in data/, models/, reports/)."""
+    """Run one stage, exactly as `dvc repro` calls it (outputs in data/, models/, reports/).
+
+    STAGE: sources, ingest, validate, pretrain, tune, finetune, evaluate or register.
+    """
     enter_project()
     from tasks.config import STAGES, load_params
 

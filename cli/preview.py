@@ -11,11 +11,11 @@ from cli.app import SetOption, app, console, enter_project, fail
 
 @app.command("augment-preview")
 def augment_preview(
-    method: Annotated[Optional[str], typer.Option("--method", "-m", help="SSL method whose views to show (default: pretrain.method in params.yaml).")] = None,
-    n: Annotated[int, typer.Option("--n", min=1, max=64, help="Number of images (rows).")] = 8,
-    out: Annotated[Path, typer.Option("--out", "-o", help="PNG to write (relative to the current directory).")] = Path("reports/plots/augment_preview.png"),
+    method: Annotated[Optional[str], typer.Option("--method", "-m", metavar="METHOD", help="SSL method whose views to show (default: pretrain.method in params.yaml).")] = None,
+    n: Annotated[int, typer.Option("--n", min=1, max=64, metavar="N", help="Number of images (rows).")] = 8,
+    out: Annotated[Path, typer.Option("--out", "-o", metavar="PNG", help="PNG to write (relative to the current directory).")] = Path("reports/plots/augment_preview.png"),
     set_: SetOption = None,
-    params_file: Annotated[Path, typer.Option("--params", "-p", help="Parameters file (augmentation, method arguments, seed).")] = Path("params.yaml"),
+    params_file: Annotated[Path, typer.Option("--params", "-p", metavar="FILE", help="Parameters file (augmentation, method arguments, seed).")] = Path("params.yaml"),
 ) -> None:
     """Write a grid of original images and their augmented views, to check the augmentation by eye.
 

@@ -4,6 +4,7 @@ any stage starts."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -115,7 +116,7 @@ def test_run_bad_override_fails_fast(cli_project: Path, pipeline_calls: list, ov
     params_before = (cli_project / "params.yaml").read_text()
     result, text = invoke("run", "--set", override)
     assert result.exit_code != 0
-    assert key in text and "params.yaml" in text
+    assert f"--set {key}" in text and "params.yaml" not in text  # blamed on the option, not the file
     assert pipeline_calls == []  # no stage started
     assert (cli_project / "params.yaml").read_text() == params_before
     assert not any(name in outputs_in(cli_project) for name in ("data", "models", "reports", "mlflow.db"))
@@ -129,6 +130,33 @@ def test_run_good_override_reaches_the_pipeline(cli_project: Path, pipeline_call
     setup = pipeline_calls[0]["setup"]  # prepared once, by the command, and handed to the flow
     assert setup.overrides == ["pretrain.epochs=1"] and setup.smoke is False and setup.typed.pretrain.epochs == 1
     assert "skipped" in text
+
+
+def all_commands() -> list[list[str]]:
+    """Every command line of the app, as words: [], ["run"], ..., ["server", "start"], ..."""
+    import typer.main
+
+    def walk(group, prefix: list[str]) -> list[list[str]]:
+        out = [prefix]
+        for name, cmd in getattr(group, "commands", {}).items():
+            out += walk(cmd, [*prefix, name])
+        return out
+
+    return walk(typer.main.get_command(app), [])
+
+
+@pytest.mark.parametrize("command", all_commands(), ids=lambda c: " ".join(c) or "sslpipe")
+def test_help_reads_as_a_person_expects(command: list[str]) -> None:
+    """Flags are plain flags, values have names (``--set KEY=VALUE``), no ``<bool>``-style types."""
+    result, text = invoke(*command, "--help")
+    assert result.exit_code == 0, text
+    assert not re.search(r"<[\w\[\], ]+>", text), text
+    for flag in ("--smoke", "--force", "--strict", "--help"):  # a flag takes no value: its help follows
+        for line in text.splitlines():
+            if line.strip().startswith(f"{flag} "):
+                assert re.match(rf"\s*{flag}(\s{{2,}}\S|$)", line), line
+    if command == ["run"]:
+        assert "--set KEY=VALUE" in text and "--params FILE" in text
 
 
 def test_console_script_installed() -> None:
