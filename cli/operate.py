@@ -89,7 +89,6 @@ def serve(
     trigger `pipeline` with edited parameters and where `retrain`'s schedule lives.
     """
     enter_project()
-    from flows.deployments import serve_deployments
     from tasks.config import ParamsError, load_params
 
     if not os.environ.get("PREFECT_API_URL"):
@@ -98,6 +97,7 @@ def serve(
         params = load_params()
     except ParamsError as e:
         fail(str(e))
+    from flows.deployments import serve_deployments
     ui = os.environ.get("PREFECT_UI_URL") or os.environ["PREFECT_API_URL"].removesuffix("/api")
     console.print(f"serving sslpipe-pipeline/pipeline and sslpipe-retrain/retrain (cron '{params.retrain.cron}' "
                   f"{params.retrain.timezone}); trigger them at {ui}/deployments", highlight=False)

@@ -24,18 +24,18 @@ def augment_preview(
     """
     out = out.resolve()  # relative to where the command was typed
     enter_project()
-    from ssl_models.data import DataError, read_fashion_mnist
-    from ssl_models.methods import method_class
-    from tasks import plots
     from tasks.config import ParamsError, load_params
-    from tasks.dataset import DatasetError, load_dataset
-    from tasks.pretrain import augment_preview as preview_figure
-    from tasks.pretrain import build_method
 
     try:
         params = load_params(params_file, list(set_ or []))
     except ParamsError as e:
-        fail(str(e))
+        fail(str(e), 2)
+    from ssl_models.data import DataError, read_fashion_mnist
+    from ssl_models.methods import method_class
+    from tasks import plots
+    from tasks.dataset import DatasetError, load_dataset
+    from tasks.pretrain import augment_preview as preview_figure
+    from tasks.pretrain import build_method
     cfg = params.pretrain
     try:
         images, source = load_dataset(require_validation=False).split("train")[0], "data/dataset"
