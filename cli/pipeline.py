@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from cli.app import ParamsOption, SetOption, app, console, enter_project, fail, known_errors
 
@@ -28,12 +27,15 @@ def stage(
     if name not in STAGES:
         fail(f"unknown stage {name!r}; choose one of {', '.join(STAGES)}", 2)
     from tasks import paths
+    from tasks.config import ParamsError
     from tasks.io import write_json
     from tasks.runner import run_stage
 
     try:
         params = load_params(params_file)
         result = run_stage(name, params, progress=progress)
+    except ParamsError as e:
+        fail(str(e), 2)
     except known_errors() as e:
         fail(str(e).strip("'\""))
     write_json(paths.STAGE_RESULTS / f"{name}.json", result)
@@ -53,61 +55,24 @@ def run(
     """
     root = enter_project()
     from tasks.config import ParamsError
-    from tasks.run_setup import prepare_run
+    from tasks.run_setup import prepare_run, setup_notes
 
     try:
         setup = prepare_run(params_file, set_ or [], smoke)
     except ParamsError as e:
         fail(str(e), 2)
-    if setup.restored_smoke:
-        console.print("params.yaml: restored the parameters it held before the last --smoke run")
+    for note in setup_notes(setup):
+        console.print(note, highlight=False, soft_wrap=True)
+    from cli.report import keep_last_lines_last, print_failure, print_summary
     from flows.pipeline import StageFailed, pipeline
 
+    keep_last_lines_last()
     try:
         result = pipeline(setup=setup)
     except StageFailed as e:
-        fail(str(e))
+        print_failure(e)
+        raise typer.Exit(1) from None
     print_summary(result, root)
-
-
-def print_summary(result: dict, root: Path) -> None:
-    """The stages' table, the test-split figures, the registration and where to look next."""
-    from tasks.metrics import HEADLINE_METRICS, arms_rows, verdict
-
-    table = Table(title="stages", show_edge=False)
-    for col in ("stage", "status", "seconds"):
-        table.add_column(col)
-    for o in result["stages"]:
-        table.add_row(o["stage"], o["status"], f"{o.get('seconds', 0):.0f}" if o["status"] == "ran" else "-")
-    console.print(table)
-    m = result.get("metrics") or {}
-    if m:
-        t = Table(title="test split", show_edge=False)
-        t.add_column("metric")
-        t.add_column("top-1", justify="right")
-        for key, label in HEADLINE_METRICS.items():
-            if key in m:
-                t.add_row(label, f"{m[key]:.4f}")
-        console.print(t)
-        header, rows = arms_rows(m)
-        arms = Table(title="fine-tuning arms (* ships: the validation-best)", show_edge=False)
-        for col in header:
-            arms.add_column(col)
-        for row in rows:
-            arms.add_row(*row)
-        console.print(arms)
-        console.print(verdict(m), highlight=False)
-    reg = result.get("registration") or {}
-    if reg:
-        console.print(f"registered [bold]{reg['model_name']}[/] v{reg['version']} as [bold]{reg['alias']}[/]: {reg['reason']}")
-    console.print(
-        "\nLook at the results:\n"
-        f"  files:      {root}/reports/metrics.json, reports/plots/, models/\n"
-        "  both UIs:   make ui   (Prefect http://127.0.0.1:4200, MLflow http://127.0.0.1:5000)\n"
-        f"  MLflow UI:  .venv/bin/mlflow ui --backend-store-uri sqlite:///{root}/mlflow.db --port 5000\n"
-        f"  Prefect UI: PREFECT_HOME={root}/.prefect .venv/bin/prefect server start --port 4200\n"
-        "  DVC:        .venv/bin/dvc metrics show; .venv/bin/dvc status"
-    )
 
 
 @app.command()
@@ -119,15 +84,21 @@ def retrain(
 ) -> None:
     """Retrain if the data changed or drifted since the champion; promote only a better model."""
     enter_project()
+    from cli.report import keep_last_lines_last, print_failure
+    from flows.pipeline import StageFailed
+    from flows.retrain import retrain as retrain_flow
     from tasks.config import ParamsError
     from tasks.locks import LockTimeout
 
-    from flows.pipeline import StageFailed
-    from flows.retrain import retrain as retrain_flow
-
+    keep_last_lines_last()
     try:
         r = retrain_flow(overrides=list(set_ or []), force=force, smoke=smoke, params_file=str(params_file))
-    except (ParamsError, StageFailed, LockTimeout) as e:
+    except ParamsError as e:
+        fail(str(e), 2)
+    except StageFailed as e:
+        print_failure(e)
+        raise typer.Exit(1) from None
+    except LockTimeout as e:
         fail(str(e))
     score = r.get("drift_score")
     console.print(f"[bold]{r['decision']}[/]: {r['reason']}", highlight=False)

@@ -26,7 +26,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
-from flows.pipeline import flow_run_link, pipeline, run_stage
+from flows.pipeline import StageFailed, failed_state, flow_run_link, pipeline, run_stages
 from tasks import paths
 from tasks.config import load_params
 from tasks.io import read_json
@@ -112,7 +112,10 @@ def retrain(
             logger.info("waited %.0f s for another retrain to finish", waited_s)
         # params.yaml holds this run's parameters, as the pipeline flow leaves it (DVC reads it)
         setup = prepare_run(params_file, overrides or [], smoke)
-        r = _decide_and_run(setup, force, waited_s, logger)
+        try:
+            r = _decide_and_run(setup, force, waited_s, logger)
+        except StageFailed as e:  # the stage said why; a failed state, no traceback
+            return failed_state(e)
         markdown = report_markdown(r)
         r["mlflow_run_id"] = _record(r, markdown, setup.overrides)
     logger.info("retrain: %s: %s", r["decision"], r["reason"])
@@ -134,8 +137,9 @@ def _decide_and_run(setup, force: bool, waited_s: float, logger) -> dict[str, An
     cfg, name = params.retrain, params.register_.model_name
     setup_mlflow()
     env = stage_env(str(flow_run.id), flow_run_link())
-    for stage in ("sources", "ingest"):  # DVC reruns ingest only when the source files or ingest params changed
-        run_stage(stage, env)
+    _, failure = run_stages(("sources", "ingest"), env)  # DVC reruns ingest only when the source files or ingest params changed
+    if failure:
+        raise failure
     data_version = read_json(paths.DATASET_INFO)["version"]
     champion = current_champion(MlflowClient(), name)
     r: dict[str, Any] = {

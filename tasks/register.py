@@ -27,6 +27,7 @@ from tasks.dataset import Dataset, load_dataset
 from tasks.io import read_json, write_json
 from tasks.locks import project_lock
 from tasks.models import load_classifier
+from tasks.smoke import SMOKE_NOTE, is_smoke_model
 
 
 @dataclass
@@ -137,7 +138,7 @@ def _log_and_register(cfg: RegisterParams, finetune_cfg: FinetuneParams, data: D
     mlflow.log_metric(cfg.metric, value)
     mlflow.log_dict({"classes": data.classes}, "model/classes.json")
     _log_drift_reference(x_train, classifier_file)
-    card = model_card(metrics, fraction, data.version)
+    card = model_card(metrics, fraction, data.version, smoke=is_smoke_model(cfg.model_name))
     mv = mlflow.register_model(info.model_uri, cfg.model_name, tags={
         f"metric.{cfg.metric}": str(value), registry.IDEMPOTENCY_TAG: key, **card["tags"]})
     MlflowClient().update_model_version(cfg.model_name, mv.version, description=card["description"])
@@ -148,10 +149,10 @@ PROTOCOL = ("every arm trained on the same labels with the same budget and tunin
             "validation split carved from the labels (never the test split); top-1 on the held-out test split")
 
 
-def model_card(metrics: dict, fraction: float, data_version: str) -> dict:
+def model_card(metrics: dict, fraction: float, data_version: str, smoke: bool = False) -> dict:
     """The registered version's card: tags (what to filter on) and a markdown description (what the
     MLflow UI shows on the version's page): data, labels, arm, every arm's top-1, the protocol, and
-    whether pretraining paid off."""
+    whether pretraining paid off; a smoke model's card says first that it is a plumbing check."""
     from tasks.metrics import arms_rows, verdict
 
     entry = metrics["fractions"][f"{fraction:g}"]
@@ -162,7 +163,10 @@ def model_card(metrics: dict, fraction: float, data_version: str) -> dict:
         tags[f"val_top1.{arm}"] = f"{scores['val_top1']:.4f}"
         tags[f"test_top1.{arm}"] = f"{scores['test_top1']:.4f}"
     header, rows = arms_rows(metrics)
+    if smoke:
+        tags["sslpipe.smoke"] = "true"
     description = "\n".join([
+        *([f"> **{SMOKE_NOTE}**", ""] if smoke else []),
         f"**{verdict(metrics)}.**", "",
         f"Data version `{data_version}`; {entry['num_labels']} labels ({fraction:g} of the train labels), "
         f"{entry['num_val']} of them held out for validation.", "",

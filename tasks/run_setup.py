@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict
 from tasks import paths
 from tasks.config import Params, ParamsError, apply_overrides, load_params
 from tasks.io import write_text
+from tasks.smoke import smoke_model_name
 
 PARAMS_YAML = Path("params.yaml")
 
@@ -41,6 +42,7 @@ SMOKE_OVERRIDES = (
 )
 SMOKE_BACKUP = paths.STATE / "params.before-smoke.yaml"  # the user's params.yaml before a smoke run
 SMOKE_WRITTEN = paths.STATE / "params.smoke.yaml"  # what the smoke run wrote
+LAST_GOOD = paths.STATE / "params.last-good.yaml"  # params.yaml of the last pipeline run that finished
 
 
 class RunSetup(BaseModel):
@@ -69,7 +71,10 @@ def prepare_run(params_file: str | Path = PARAMS_YAML, overrides: Sequence[str] 
         ParamsError: naming the file or ``--set`` and the key.
     """
     restored = not smoke and restore_after_smoke()
-    applied = [*SMOKE_OVERRIDES, *overrides] if smoke else list(overrides)
+    applied = list(overrides)
+    if smoke:  # the smoke model is registered under a name of its own: never the real model's champion
+        name = load_params(params_file, [*SMOKE_OVERRIDES, *overrides]).register_.model_name
+        applied = [*SMOKE_OVERRIDES, f"register.model_name={smoke_model_name(name)}", *overrides]
     params = load_params(params_file, applied)
     before = PARAMS_YAML.read_text() if PARAMS_YAML.exists() else ""
     changed = write_params_yaml(Path(params_file), applied)
@@ -77,6 +82,33 @@ def prepare_run(params_file: str | Path = PARAMS_YAML, overrides: Sequence[str] 
         _remember_smoke(before)
     return RunSetup(params_file=str(params_file), overrides=applied, smoke=smoke, params=params.to_dict(),
                     params_changed=changed, restored_smoke=restored)
+
+
+def setup_notes(setup: RunSetup) -> list[str]:
+    """What a run's set-up did to params.yaml, for the person who started it."""
+    notes = []
+    if setup.restored_smoke:
+        notes.append("params.yaml: restored the parameters it held before the last --smoke run")
+    if setup.params_changed:
+        notes.append(f"params.yaml now holds this run's parameters ({', '.join(setup.overrides) or f'from {setup.params_file}'}); "
+                     "`git diff params.yaml` shows them")
+    return notes
+
+
+def remember_good_params() -> None:
+    """After a pipeline run that finished: keep its params.yaml, to go back to after a failure."""
+    write_text(LAST_GOOD, PARAMS_YAML.read_text())
+
+
+def good_params_hint() -> str:
+    """How to go back to the parameters of the last run that finished (what the workspace's
+    outputs and dvc.lock were made with)."""
+    if LAST_GOOD.exists() and PARAMS_YAML.exists() and LAST_GOOD.read_text() == PARAMS_YAML.read_text():
+        return "params.yaml is what the last good run used: the cause is elsewhere (the data, the code, the machine)"
+    if LAST_GOOD.exists():
+        return (f"params.yaml holds this run's parameters (`git diff params.yaml`); back to the last good run's: "
+                f"cp {LAST_GOOD} params.yaml")
+    return "params.yaml holds this run's parameters; back to the committed ones: git checkout params.yaml"
 
 
 def overrides_from(

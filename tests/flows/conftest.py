@@ -20,6 +20,7 @@ import pytest
 from tests.conftest import REPO, copy_project, subprocess_env
 
 ARTIFACTS = REPO / "tests" / "artifacts"  # screenshots and logs kept for people (gitignored)
+SMOKE_MODEL = "sslpipe-classifier-smoke"  # where a smoke run registers (tasks/smoke.py): never the real name
 
 
 def project_env(**extra: str) -> dict[str, str]:

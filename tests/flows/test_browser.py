@@ -9,7 +9,7 @@ import tempfile
 
 import pytest
 
-from tests.flows.conftest import ARTIFACTS, prefect_client, server_state
+from tests.flows.conftest import ARTIFACTS, SMOKE_MODEL, prefect_client, server_state
 
 pytestmark = pytest.mark.e2e
 
@@ -72,10 +72,10 @@ def test_prefect_ui_shows_the_pipeline_deployment(served, browser):
 
 def test_mlflow_ui_shows_the_registered_model(ops_project, browser):
     project, _ = ops_project
-    url = f"{server_state(project, 'mlflow')['url']}/#/models/sslpipe-classifier"
+    url = f"{server_state(project, 'mlflow')['url']}/#/models/{SMOKE_MODEL}"
     browser.get(url)
     try:
-        body = _wait_for_text(browser, ["sslpipe-classifier", "Version 1"])
+        body = _wait_for_text(browser, [SMOKE_MODEL, "Version 1"])
     finally:
         _screenshot(browser, "mlflow-registered-model.png")
     assert "champion" in body.lower()
@@ -87,7 +87,7 @@ def test_mlflow_ui_shows_the_model_card(ops_project, browser):
 
     project, _ = ops_project
     registration = json.loads((project / "reports" / "registration.json").read_text())
-    url = f"{server_state(project, 'mlflow')['url']}/#/models/sslpipe-classifier/versions/{registration['version']}"
+    url = f"{server_state(project, 'mlflow')['url']}/#/models/{SMOKE_MODEL}/versions/{registration['version']}"
     browser.get(url)
     try:
         body = _wait_for_text(browser, ["validation-best arm", "pretraining", "Protocol"])

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.flows.conftest import server_state, sslpipe
+from tests.flows.conftest import SMOKE_MODEL, server_state, sslpipe
 
 pytestmark = pytest.mark.e2e
 
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.e2e
 def test_models_lists_the_champion(ops_project):
     project, _ = ops_project
     out = sslpipe(project, "models").stdout
-    assert "sslpipe-classifier" in out and "champion" in out and "model_top1" in out, out
+    assert SMOKE_MODEL in out and "champion" in out and "model_top1" in out, out
 
 
 def test_compare_shows_runs_side_by_side(ops_project):
@@ -51,13 +51,13 @@ def test_predict_on_png_files_matches_the_in_memory_model(ops_project, tmp_path)
 
     # the in-memory model: the champion's classifier as an nn.Module, on the uint8 arrays
     client = MlflowClient(server_state(project, "mlflow")["env"]["MLFLOW_TRACKING_URI"])
-    mv = client.get_model_version_by_alias("sslpipe-classifier", "champion")
+    mv = client.get_model_version_by_alias(SMOKE_MODEL, "champion")
     local = client.download_artifacts(mv.run_id, "drift", str(tmp_path))
     classifier, _ = load_classifier(next(Path(local).glob("*.pt")))
     with torch.no_grad():
         expected = classifier(x.float() / 255).argmax(1).numpy()
     mlflow.set_tracking_uri(client.tracking_uri)
-    pyfunc = mlflow.pyfunc.load_model("models:/sslpipe-classifier@champion")
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{SMOKE_MODEL}@champion")
     served = pyfunc.predict((x.float() / 255).numpy())  # a class column, then a probability column per class
     assert list(served.columns) == ["class", *data.classes]
     assert list(served["class"]) == [data.classes[k] for k in expected]

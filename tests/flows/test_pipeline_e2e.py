@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tasks.config import load_params
-from tests.flows.conftest import prefect_client, project_env, server_state, sslpipe
+from tests.flows.conftest import SMOKE_MODEL, prefect_client, project_env, server_state, sslpipe
 
 pytestmark = pytest.mark.e2e
 
@@ -24,9 +24,10 @@ OUTPUTS = ["data/sources.json", "data/dataset/images.npy", "models/encoder.pt", 
 
 
 def ran_stages(output: str) -> list[str]:
-    """The stages DVC ran, from its words "Running stage 'NAME'" (each line may show twice: on the
-    terminal and in the Prefect log)."""
-    return sorted(set(re.findall(r"Running stage '(\w+)'", output)))
+    """The stages DVC ran, from its words "Running stage 'NAME'" (each line shows once)."""
+    stages = re.findall(r"Running stage '(\w+)'", output)
+    assert len(stages) == len(set(stages)), output
+    return sorted(stages)
 
 
 def _client(project: Path):
@@ -57,7 +58,11 @@ def test_the_first_run_trained_every_arm_and_registered_the_champion(ops_project
     project, timings = ops_project
     first = timings["first_registration"]  # reports/registration.json right after the session's smoke run
     assert first["alias"] == "champion" and first["promoted"] and first["champion_before"] is None
-    mv = _client(project).get_model_version("sslpipe-classifier", first["version"])
+    client = _client(project)
+    mv = client.get_model_version(SMOKE_MODEL, first["version"])
+    assert first["model_name"] == SMOKE_MODEL and mv.tags["sslpipe.smoke"] == "true"
+    assert "plumbing check" in mv.description.splitlines()[0]
+    assert client.search_model_versions("name='sslpipe-classifier'") == []  # the real name: no smoke model
     assert mv.tags["arm"] in ("ssl_finetune", "ssl_fixmatch", "ssl_distill", "supervised", "fixmatch")
     assert {f"val_top1.{arm}" for arm in ("ssl_finetune", "ssl_fixmatch", "ssl_distill", "supervised", "fixmatch")} <= set(mv.tags)
 
@@ -76,6 +81,7 @@ def test_mlflow_has_a_parent_run_with_a_child_per_stage(ops_project):
     assert parent.data.tags.get("git.commit")
     assert parent.data.tags.get("data.version")
     assert parent.data.tags.get("prefect.flow_run_url", "").startswith("http")  # a real server: a link back
+    assert parent.data.tags["sslpipe.smoke"] == "true" and "plumbing check" in parent.data.tags["mlflow.note.content"]
 
 
 def test_dvc_agrees_and_a_second_run_recomputes_nothing(ops_project):
@@ -86,6 +92,11 @@ def test_dvc_agrees_and_a_second_run_recomputes_nothing(ops_project):
     second = sslpipe(project, "run", "--smoke", env=FLOW_LOG)
     output = second.stdout + second.stderr
     assert ran_stages(output) == ["sources"]  # the manifest refresh runs every time, and finds nothing new
+    assert "Smoke run: a plumbing check" in second.stdout
+    assert "core.autostage" not in output and "dvc push` to send" not in output  # DVC's hints after each stage
+    assert output.count("git add") <= 1  # said once, in the summary
+    assert "http" in second.stdout.split("This run:")[1].splitlines()[1]  # this run's MLflow run, on the server
+    assert "sslpipe predict" in second.stdout and "sslpipe compare" in second.stdout
     assert output.count("inputs unchanged, nothing to do") == 7
     assert {p: (project / p).stat().st_mtime_ns for p in OUTPUTS} == before
     repro = subprocess.run(["dvc", "repro"], cwd=project, env=project_env(), capture_output=True, text=True)

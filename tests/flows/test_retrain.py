@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from tasks.drift import mmd_rbf
-from tests.flows.conftest import project_env, server_state, sslpipe
+from tests.flows.conftest import SMOKE_MODEL, project_env, server_state, sslpipe
 
 # smaller than --smoke where the outcome does not depend on it
 FAST = ["pretrain.knn_monitor_images=0"]
@@ -34,8 +34,8 @@ def _registry(project):
     from mlflow import MlflowClient
 
     client = MlflowClient(server_state(project, "mlflow")["env"]["MLFLOW_TRACKING_URI"])
-    versions = client.search_model_versions("name='sslpipe-classifier'")
-    aliases = client.get_registered_model("sslpipe-classifier").aliases
+    versions = client.search_model_versions(f"name='{SMOKE_MODEL}'")
+    aliases = client.get_registered_model(SMOKE_MODEL).aliases
     return client, sorted(int(v.version) for v in versions), {k: str(v) for k, v in aliases.items()}
 
 
@@ -53,10 +53,10 @@ def _champion_of_the_workspace_data(client, project) -> str:
     import json
 
     version = json.loads((project / "data" / "dataset" / "info.json").read_text())["version"]
-    trained = [v for v in client.search_model_versions("name='sslpipe-classifier'") if v.tags.get("data.version") == version]
+    trained = [v for v in client.search_model_versions(f"name='{SMOKE_MODEL}'") if v.tags.get("data.version") == version]
     assert trained, f"no registered version was trained on the workspace's data {version}"
     champion = str(max(int(v.version) for v in trained))
-    client.set_registered_model_alias("sslpipe-classifier", "champion", champion)
+    client.set_registered_model_alias(SMOKE_MODEL, "champion", champion)
     return champion
 
 
@@ -99,9 +99,9 @@ def _register_bad_champion(client, project) -> str:
     with mlflow.start_run(run_name="bad champion (test)"):
         info = mlflow.pytorch.log_model(_ConstantClassifier(10), name="model", input_example=example,
                                         pip_requirements=["torch"])
-    mv = mlflow.register_model(info.model_uri, "sslpipe-classifier",
+    mv = mlflow.register_model(info.model_uri, SMOKE_MODEL,
                                tags={"data.version": "0ld-test-data", "metric.model_top1": "0.1"})
-    client.set_registered_model_alias("sslpipe-classifier", "champion", mv.version)
+    client.set_registered_model_alias(SMOKE_MODEL, "champion", mv.version)
     return str(mv.version)
 
 
@@ -122,8 +122,8 @@ def test_two_concurrent_triggers_register_one_version_and_promote_the_better_mod
     assert len(after) <= len(before) + 1, outs  # at most one version for one data + params (none if registered already)
     assert decisions == ["promoted", "skipped"], outs  # the second found the new champion's data: nothing to do
     assert aliases["champion"] != bad
-    mv = client.get_model_version("sslpipe-classifier", aliases["champion"])  # trained on the new data
-    assert mv.tags["data.version"] != client.get_model_version("sslpipe-classifier", bad).tags["data.version"]
+    mv = client.get_model_version(SMOKE_MODEL, aliases["champion"])  # trained on the new data
+    assert mv.tags["data.version"] != client.get_model_version(SMOKE_MODEL, bad).tags["data.version"]
     assert any(k.startswith("top1.data.") for k in mv.tags)  # scored on the new test data
 
 
@@ -134,15 +134,15 @@ def test_keeps_the_champion_when_the_challenger_loses(ops_project):
     # the smoke model (trained on other data) is champion; the new data's model (trained here, or
     # found by its idempotency key when the test above ran first) must clear a margin no model can
     first = str(before[0])
-    client.set_registered_model_alias("sslpipe-classifier", "champion", first)
+    client.set_registered_model_alias(SMOKE_MODEL, "champion", first)
     out = sslpipe(project, "retrain", "--smoke", *_sets(["ingest.seed=1", "register.min_improvement=1.0", *LEARNS, *FAST]),
                   timeout=1500).stdout
     assert "kept champion" in out, out
     client, after, aliases = _registry(project)
     assert len(after) <= len(before) + 1  # nothing registered twice for the same data and params
     assert aliases["champion"] == first
-    challenger = client.get_model_version("sslpipe-classifier", aliases["challenger"])
-    assert challenger.tags["data.version"] != client.get_model_version("sslpipe-classifier", first).tags["data.version"]
+    challenger = client.get_model_version(SMOKE_MODEL, aliases["challenger"])
+    assert challenger.tags["data.version"] != client.get_model_version(SMOKE_MODEL, first).tags["data.version"]
     run = client.search_runs([client.get_experiment_by_name("sslpipe").experiment_id],
                              filter_string="tags.`sslpipe.stage` = 'retrain'", order_by=["attributes.start_time DESC"])[0]
     assert run.data.tags["retrain.decision"] == "kept champion"

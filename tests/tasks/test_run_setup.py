@@ -9,7 +9,16 @@ from pathlib import Path
 import pytest
 
 from tasks.config import ParamsError, load_params
-from tasks.run_setup import PARAMS_YAML, SMOKE_OVERRIDES, overrides_from, prepare_run, restore_after_smoke
+from tasks.run_setup import (
+    LAST_GOOD,
+    PARAMS_YAML,
+    SMOKE_OVERRIDES,
+    good_params_hint,
+    overrides_from,
+    prepare_run,
+    remember_good_params,
+    restore_after_smoke,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -54,8 +63,26 @@ def test_missing_params_file_is_named(project):
 
 def test_smoke_overrides_come_first_so_the_users_win(project):
     setup = prepare_run(PARAMS_YAML, ["pretrain.epochs=3"], smoke=True)
-    assert setup.overrides == [*SMOKE_OVERRIDES, "pretrain.epochs=3"]
+    assert setup.overrides == [*SMOKE_OVERRIDES, "register.model_name=sslpipe-classifier-smoke", "pretrain.epochs=3"]
     assert load_params().pretrain.epochs == 3 and load_params().ingest.limit_train == 600
+
+
+def test_a_smoke_model_is_never_the_real_models_champion(project):
+    """It is registered under a name of its own, however many smoke runs in a row; the next full
+    run registers under the real name again."""
+    for _ in range(2):
+        assert prepare_run(PARAMS_YAML, smoke=True).typed.register_.model_name == "sslpipe-classifier-smoke"
+    assert prepare_run(PARAMS_YAML).typed.register_.model_name == "sslpipe-classifier"
+    setup = prepare_run(PARAMS_YAML, ["register.model_name=mine"], smoke=True)
+    assert setup.typed.register_.model_name == "mine"  # a name the user gives wins, as every --set does
+
+
+def test_the_way_back_to_the_last_good_parameters(project):
+    assert "git checkout params.yaml" in good_params_hint()  # no run finished yet
+    remember_good_params()
+    assert "the cause is elsewhere" in good_params_hint()
+    prepare_run(PARAMS_YAML, ["pretrain.epochs=7"])
+    assert f"cp {LAST_GOOD} params.yaml" in good_params_hint()
 
 
 def test_a_full_run_after_smoke_gets_the_users_params_back(project):

@@ -1,0 +1,108 @@
+"""One stage through DVC (``dvc repro --single-item STAGE``) as the pipeline flow runs it: its
+output on the terminal once, as it comes (progress bars included), without DVC's git and remote
+hints (the run's summary says once what to commit); every byte in ``.sslpipe/logs/STAGE.log``; its
+lines in the Prefect log; and the stage's own error line kept for the run's final message."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from tasks import paths
+
+LOGS = paths.STATE / "logs"  # each stage's output from its last run through the flow
+# what DVC prints after each stage it ran: advice for a person at a shell, 8 lines a stage
+DVC_HINTS = ("To track the changes with git, run:", "To enable auto staging, run:", "dvc config core.autostage true",
+             "Use `dvc push` to send your updates to remote storage.")
+ERROR_PREFIXES = ("error: ", "ERROR: ")  # the stage's known errors (`sslpipe stage`), then DVC's
+
+
+def dvc_exe() -> str:
+    exe = Path(sys.executable).parent / "dvc"
+    return str(exe) if exe.exists() else "dvc"
+
+
+def stage_is_stale(stage: str) -> bool:
+    """Whether DVC would run ``stage`` (changed code, data, params or outputs, or never run).
+
+    Raises:
+        RuntimeError: ``dvc status`` itself failed (its message).
+    """
+    proc = subprocess.run([dvc_exe(), "status", "--json", stage], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"`dvc status {stage}` failed: {proc.stderr.strip() or proc.stdout.strip()}")
+    return bool(json.loads(proc.stdout or "{}"))
+
+
+def is_hint(line: str) -> bool:
+    text = line.strip()
+    return not text or text in DVC_HINTS or text.startswith("git add ")
+
+
+@dataclass
+class ReproResult:
+    code: int
+    error: str  # the stage's last error line (``error: ...``, else DVC's ``ERROR: ...``), or ""
+    log: Path
+
+
+class _Echo:
+    """Copies output to ``terminal`` as it arrives, holding back only DVC's hint lines: a partial
+    line is written at once when it is a progress bar (it holds a carriage return, no hint does),
+    else when its newline arrives."""
+
+    def __init__(self, terminal: BinaryIO, on_line: Callable[[str], None]) -> None:
+        self.terminal, self.on_line = terminal, on_line
+        self.pending = b""
+        self.shown = 0  # bytes of ``pending`` already on the terminal
+
+    def feed(self, chunk: bytes) -> None:
+        self.pending += chunk
+        *lines, self.pending = self.pending.split(b"\n")
+        for i, line in enumerate(lines):
+            text = line.decode(errors="replace").split("\r")[-1]
+            if not is_hint(text):
+                self.terminal.write(line[self.shown if i == 0 else 0:] + b"\n")
+                self.on_line(text.strip())
+            elif i == 0 and self.shown:
+                self.terminal.write(b"\n")  # end a progress bar that was already shown
+        if lines:
+            self.shown = 0
+        if b"\r" in self.pending:
+            self.terminal.write(self.pending[self.shown:])
+            self.shown = len(self.pending)
+        self.terminal.flush()
+
+    def close(self) -> None:
+        if self.pending:
+            self.feed(b"\n")
+
+
+def repro(stage: str, env: dict[str, str], on_line: Callable[[str], None], force: bool = False) -> ReproResult:
+    """Run ``dvc repro --single-item [--force] STAGE``; ``on_line`` gets each line shown."""
+    log = LOGS / f"{stage}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    errors: list[str] = []
+
+    def line(text: str) -> None:
+        if text.startswith(ERROR_PREFIXES):
+            errors.append(text)
+        on_line(text)
+
+    echo = _Echo(sys.stdout.buffer, line)
+    cmd = [dvc_exe(), "repro", "--single-item", *(["--force"] if force else []), stage]
+    with open(log, "wb") as out, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                                  env=env) as proc:
+        assert proc.stdout is not None
+        for chunk in iter(lambda: proc.stdout.read1(4096), b""):
+            out.write(chunk)
+            echo.feed(chunk)
+        echo.close()
+        code = proc.wait()
+    own = [e for e in errors if e.startswith("error: ")]
+    return ReproResult(code, (own or errors or [""])[-1], log)
