@@ -3,6 +3,7 @@ any stage starts."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -157,6 +158,26 @@ def test_help_reads_as_a_person_expects(command: list[str]) -> None:
                 assert re.match(rf"\s*{flag}(\s{{2,}}\S|$)", line), line
     if command == ["run"]:
         assert "--set KEY=VALUE" in text and "--params FILE" in text
+
+
+FAST_FAILURES = (["run", "--set", "epochs=3"], ["run", "--set", "pretrain.epochs=abc"], ["stage", "nosuch"],
+                 ["predict", "missing.png"], ["augment-preview", "--set", "pretrain.epohcs=1"], ["serve"])
+
+
+def test_usage_and_params_errors_import_nothing_heavy(cli_project: Path) -> None:
+    """A misspelt --set, an unknown stage, a missing image, no server: each is answered before
+    torch, MLflow, Prefect or Ray is imported (what makes them answer in well under a second;
+    bench/cli_startup.py times them)."""
+    code = ("import json, os, sys\nfrom typer.testing import CliRunner\nfrom cli import app\n"
+            "for args in json.loads(sys.argv[1]):\n"
+            "    os.environ.pop('PREFECT_API_URL', None)\n"
+            "    code = CliRunner().invoke(app, args).exit_code\n"
+            "    heavy = [m for m in ('torch', 'mlflow', 'prefect', 'ray') if m in sys.modules]\n"
+            "    print(' '.join(args), code, heavy)\n")
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    out = subprocess.run([sys.executable, "-c", code, json.dumps(FAST_FAILURES)], cwd=cli_project, env=env,
+                         capture_output=True, text=True, timeout=120).stdout.splitlines()
+    assert out == [f"{' '.join(args)} {1 if args[0] in ('predict', 'serve') else 2} []" for args in FAST_FAILURES]
 
 
 def test_console_script_installed() -> None:
