@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
-from typing import Annotated, NoReturn, Optional
+from typing import Annotated, Any, NoReturn, Optional
 
 import typer
 from rich.console import Console
@@ -72,16 +73,28 @@ def enter_project() -> Path:
     return root
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Plain lines on ``sys.stderr`` as it is when each record comes (a test runner swaps it)."""
+
+    def __init__(self) -> None:
+        logging.Handler.__init__(self)
+        self.setFormatter(logging.Formatter("%(message)s"))
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+
 def show_notes() -> None:
-    """The stages' notes (``tasks.*`` INFO log lines, e.g. the backbone a method took) as plain
-    lines on stderr, once each (not also through a handler the tools put on the root logger)."""
+    """The stages' notes (``tasks.*`` INFO log lines, e.g. the backbone a method took) on stderr,
+    once each (not also through the console handler Prefect puts on the root logger). Stages the
+    pipeline flow runs keep quiet: the run said them once, when it set up."""
+    from tasks.tracking import FLOW_RUN_ID_ENV
+
     logger = logging.getLogger("tasks")
-    if not logger.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-        logger.propagate = False
+    logger.handlers = [] if os.environ.get(FLOW_RUN_ID_ENV) else [_StderrHandler()]
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
 
 
 def fail(message: str, code: int = 1) -> NoReturn:

@@ -160,6 +160,16 @@ def test_help_reads_as_a_person_expects(command: list[str]) -> None:
         assert "--set KEY=VALUE" in text and "--params FILE" in text
 
 
+def test_run_with_a_method_that_needs_its_backbone_takes_it_and_says_so(cli_project: Path, pipeline_calls: list) -> None:
+    result, text = invoke("run", "--set", "pretrain.method=mae")
+    assert result.exit_code == 0, text
+    assert pipeline_calls[0]["setup"].typed.pretrain.backbone == "vit_tiny"
+    assert "mae trains a vit_tiny backbone, so pretrain.backbone small_cnn (its default) became vit_tiny" in text
+    result, text = invoke("run", "--set", "pretrain.method=mae", "--set", "pretrain.backbone=resnet18")
+    assert result.exit_code == 2 and "mae needs backbone vit_tiny (got resnet18)" in text
+    assert len(pipeline_calls) == 1
+
+
 FAST_FAILURES = (["run", "--set", "epochs=3"], ["run", "--set", "pretrain.epochs=abc"], ["stage", "nosuch"],
                  ["predict", "missing.png"], ["augment-preview", "--set", "pretrain.epohcs=1"], ["serve"])
 

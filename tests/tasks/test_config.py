@@ -234,8 +234,13 @@ def test_unset_optimizer_is_the_methods(params_file: Path) -> None:
 
 def test_a_method_takes_its_backbone_when_the_backbone_is_left_at_its_default(params_file: Path, caplog) -> None:
     """mae needs vit_tiny: with pretrain.backbone at its default it takes it, and says so."""
-    with caplog.at_level(logging.INFO, logger="tasks.config"):
-        params = load_params(params_file, ["pretrain.method=mae"]).pretrain
+    logger = logging.getLogger("tasks.config")  # its own handler: the CLI stops "tasks" propagating to the root
+    logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.INFO, logger="tasks.config"):
+            params = load_params(params_file, ["pretrain.method=mae"]).pretrain
+    finally:
+        logger.removeHandler(caplog.handler)
     assert params.backbone == "vit_tiny" and params.args == {"mask_ratio": 0.75}
     assert "mae trains a vit_tiny backbone" in caplog.text and "small_cnn" in caplog.text
     edit(params_file, "pretrain", "method", "mae")  # the same when params.yaml names the method
