@@ -34,6 +34,7 @@ COMMANDS = (
     ("run", "--set", "epochs=3"),  # a params error: unknown key
     ("run", "--set", "pretrain.epochs=abc"),  # a params error: not an integer
     ("run", "--set", "pretrain.method=nosuch"),  # a params error: not a method
+    ("retrain", "--set", "epochs=3"),  # a params error, before the retrain flow starts
     ("stage", "nosuch"),  # a usage error: unknown stage
     ("predict",),  # a usage error: no images
     ("predict", "no-such-image.png"),  # no such file

@@ -84,10 +84,15 @@ def retrain(
 ) -> None:
     """Retrain if the data changed or drifted since the champion; promote only a better model."""
     enter_project()
+    from tasks.config import ParamsError, load_params
+
+    try:
+        load_params(params_file, list(set_ or []))  # a bad --set answers now, not once the flow has started
+    except ParamsError as e:
+        fail(str(e), 2)
     from cli.report import keep_last_lines_last, print_failure
     from flows.pipeline import StageFailed
     from flows.retrain import retrain as retrain_flow
-    from tasks.config import ParamsError
     from tasks.locks import LockTimeout
 
     keep_last_lines_last()

@@ -170,7 +170,8 @@ def test_run_with_a_method_that_needs_its_backbone_takes_it_and_says_so(cli_proj
     assert len(pipeline_calls) == 1
 
 
-FAST_FAILURES = (["run", "--set", "epochs=3"], ["run", "--set", "pretrain.epochs=abc"], ["stage", "nosuch"],
+FAST_FAILURES = (["run", "--set", "epochs=3"], ["run", "--set", "pretrain.epochs=abc"], ["retrain", "--set", "epochs=3"],
+                 ["stage", "nosuch"],
                  ["predict", "missing.png"], ["augment-preview", "--set", "pretrain.epohcs=1"], ["serve"])
 
 
