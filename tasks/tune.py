@@ -65,17 +65,20 @@ def search_space(cfg: TuneParams, arm: str) -> dict[str, Any]:
     }
 
 
-def _init_ray(cfg: TuneParams) -> None:
+def _init_ray(cfg: TuneParams) -> bool:
+    """Connect to ``RAY_ADDRESS``'s cluster or start a local Ray; False when Ray was already up
+    (the caller's: left running)."""
     import ray
 
     if ray.is_initialized():
-        return
+        return False
     address = os.environ.get("RAY_ADDRESS")
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
     if not address:  # a local Ray instance sized to this machine
         kwargs["num_cpus"] = max(int(cfg.cpus_per_trial * cfg.max_concurrent_trials), 1)
         kwargs["num_gpus"] = int(torch.cuda.is_available())
     ray.init(address=address or None, **kwargs)
+    return True
 
 
 def _trial_printer():
@@ -125,6 +128,7 @@ def tune_arm(cfg: TuneParams, arm: str, data: dict[str, Any], parent_run_id: str
             # one seeded stream of configurations per arm, drawn in the driver in trial order
             search_alg=BasicVariantGenerator(random_state=cfg.seed * 1000 + list(ARMS).index(arm)),
             scheduler=FIFOScheduler(),
+            reuse_actors=True,  # a trial re-seeds everything it uses: a warm process, not a new torch import
         ),
         run_config=tune.RunConfig(name=f"tune-{arm}", storage_path=str(paths.RAY_RESULTS.resolve()),
                                   callbacks=callbacks, verbose=0),
@@ -179,7 +183,7 @@ def tune_stage(cfg: TuneParams, finetune_cfg: FinetuneParams, progress: bool = T
         import mlflow
 
         parent = mlflow.active_run().info.run_id
-    _init_ray(cfg)
+    started = _init_ray(cfg)
     best, table = {}, []
     try:
         for arm in finetune_cfg.arms:  # teachers first
@@ -190,7 +194,7 @@ def tune_stage(cfg: TuneParams, finetune_cfg: FinetuneParams, progress: bool = T
             if any(ARMS[a].teacher == arm for a in finetune_cfg.arms):
                 data["teachers"][arm] = _teacher_state(arm, best[arm], data, finetune_cfg)
     finally:
-        if not os.environ.get("RAY_ADDRESS"):
+        if started and not os.environ.get("RAY_ADDRESS"):
             ray.shutdown()
     write_json(paths.BEST_CONFIG, {**best, "label_fraction": cfg.label_fraction,
                                    "num_train": len(train_idx), "num_val": len(val_idx)})

@@ -56,14 +56,23 @@ def test_distillation_needs_its_teacher_arm() -> None:
 
 
 def test_tune_twice_gives_the_same_configs(pretrained: Path) -> None:
-    """Same params and data: the same tuned configs and validation scores, to the last digit."""
+    """Same params and data: the same tuned configs and validation scores, to the last digit --
+    whichever warm (reused) worker process ran a trial. Both searches run on one Ray instance,
+    which tune leaves running because it did not start it."""
+    import ray
+
     from tasks.tune import tune_stage
 
     cfg = TuneParams(label_fraction=0.5, num_samples=2, epochs=[1, 2], batch_size=16, max_concurrent_trials=2)
     ft = finetune_params(arms=["ssl_finetune", "supervised"])
-    first = tune_stage(cfg, ft, progress=False, log_mlflow=False).best
-    report = json.loads(paths.TUNE_REPORT.read_text())
-    second = tune_stage(cfg, ft, progress=False, log_mlflow=False).best
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        first = tune_stage(cfg, ft, progress=False, log_mlflow=False).best
+        assert ray.is_initialized()  # the caller's Ray: left running
+        report = json.loads(paths.TUNE_REPORT.read_text())
+        second = tune_stage(cfg, ft, progress=False, log_mlflow=False).best
+    finally:
+        ray.shutdown()
     assert first == second
     assert json.loads(paths.TUNE_REPORT.read_text()) == report
     assert len(report["trials"]) == 4 and {t["arm"] for t in report["trials"]} == {"ssl_finetune", "supervised"}
