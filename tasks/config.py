@@ -86,16 +86,6 @@ def _checks_methods(info: ValidationInfo) -> bool:
     return (info.context or {}).get("methods", True)
 
 
-def _registered_method(data: Any, info: ValidationInfo) -> Any:
-    """The method class ``data`` names, or None (not checked now, not a mapping, unknown name)."""
-    if not isinstance(data, dict) or not _checks_methods(info):
-        return None
-    from ssl_models.methods import METHODS
-
-    name = data.get("method", PretrainParams.model_fields["method"].default)
-    return METHODS.get(name) if isinstance(name, str) else None
-
-
 class AugmentParams(Section):
     """Overrides of the method's own views (``ssl_models.augment.ViewAugment`` arguments); a key
     left unset (null) keeps the method's default: SimCLR's views for most methods, crop and flip
@@ -144,8 +134,13 @@ class PretrainParams(Section):
         """Unset optimizer, lr, weight_decay: the method's own (``SSLMethod.optim``). A method that
         needs a particular backbone (mae) takes it when the backbone is at its default and no
         ``--set pretrain.backbone`` chose it; the mismatch check below catches the rest."""
-        method = _registered_method(data, info)
-        if method is None:
+        if not isinstance(data, dict) or not _checks_methods(info):
+            return data
+        from ssl_models.methods import METHODS
+
+        name = data.get("method", cls.model_fields["method"].default)
+        method = METHODS.get(name) if isinstance(name, str) else None
+        if method is None:  # field validation names it
             return data
         data = {**data, **{k: v for k, v in method.optim.items() if data.get(k) is None}}
         default = cls.model_fields["backbone"].default
