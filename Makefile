@@ -5,6 +5,8 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
 STAMP := $(VENV)/.installed
+# pytest-xdist workers; the smoke-project tests stay together in one (tests/conftest.py)
+TEST_WORKERS ?= 2
 
 .PHONY: help install data run smoke test test-fast ui ui-stop bench clean
 
@@ -33,10 +35,10 @@ smoke: install data  ## the pipeline on a tiny slice, in a couple of minutes
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/sslpipe run --smoke
 
 test: install data  ## run the test suite (unit, stage, end-to-end)
-	PATH=$(abspath $(BIN)):$$PATH $(PY) -m pytest
+	PATH=$(abspath $(BIN)):$$PATH $(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 test-fast: install  ## the tests without the slow end-to-end ones
-	PATH=$(abspath $(BIN)):$$PATH $(PY) -m pytest -m "not e2e"
+	PATH=$(abspath $(BIN)):$$PATH $(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup -m "not e2e"
 
 ui: install  ## start the Prefect and MLflow servers (UIs) in the background; `make ui-stop` stops them
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/sslpipe server start

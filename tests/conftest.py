@@ -44,6 +44,15 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (`make test`: two workers, ``--dist loadgroup``) every test on the
+    session's smoke project (``ops_project``, ``served``) runs in one worker, which builds the project
+    and starts its servers once; the other worker takes the rest meanwhile."""
+    for item in items:
+        if {"ops_project", "served"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.xdist_group("ops_project"))
+
+
 @pytest.fixture(autouse=True)
 def one_thread():
     """One intra-op thread for every test: the tiny models here run several times faster that way
