@@ -68,7 +68,8 @@ def evaluate(cfg: EvaluateParams, finetune_cfg: FinetuneParams, log_mlflow: bool
 
     pred = predictions[f"{largest['selected']}_{max(finetune_cfg.label_fractions):g}"]
     cm = _confusion(y_test.numpy(), pred, k)
-    metrics["per_class_top1"] = {name: float(cm[i, i] / max(cm[i].sum(), 1)) for i, name in enumerate(data.classes)}
+    per_class = {name: float(cm[i, i] / max(cm[i].sum(), 1)) for i, name in enumerate(data.classes)}
+    write_json(paths.PER_CLASS, per_class)
     write_json(paths.METRICS, metrics)
 
     # plots: a CSV DVC can render (`dvc plots show`), PNGs for people and MLflow
@@ -81,7 +82,7 @@ def evaluate(cfg: EvaluateParams, finetune_cfg: FinetuneParams, log_mlflow: bool
     if log_mlflow:
         import mlflow
 
-        mlflow.log_metrics(flat_metrics(metrics))
+        mlflow.log_metrics(flat_metrics(metrics, per_class))
         mlflow.log_figure(cm_fig, "plots/confusion_matrix.png")
         mlflow.log_figure(emb_fig, "plots/embeddings_pca.png")
         mlflow.log_dict(metrics, "metrics.json")

@@ -16,15 +16,15 @@ HEADLINE_METRICS = {
 }
 
 
-def flat_metrics(metrics: dict[str, Any]) -> dict[str, float]:
-    """metrics.json -> MLflow metric names: ``knn_top1``, ``frac_0.01/ssl_finetune/test_top1``,
-    ``frac_0.01/pretraining_paid_off`` (1 or 0), ``class/Coat``."""
+def flat_metrics(metrics: dict[str, Any], per_class: dict[str, float] | None = None) -> dict[str, float]:
+    """metrics.json (and per_class.json) -> MLflow metric names: ``knn_top1``,
+    ``frac_0.01/ssl_finetune/test_top1``, ``frac_0.01/pretraining_paid_off`` (1 or 0), ``class/Coat``."""
     out = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
     for fraction, entry in metrics.get("fractions", {}).items():
         out.update({f"frac_{fraction}/{k}": float(v) for k, v in entry.items() if isinstance(v, (int, float))})
         for arm, scores in entry.get("arms", {}).items():
             out.update({f"frac_{fraction}/{arm}/{k}": float(v) for k, v in scores.items()})
-    out.update({f"class/{name.replace('/', '-')}": v for name, v in metrics.get("per_class_top1", {}).items()})
+    out.update({f"class/{name.replace('/', '-')}": v for name, v in (per_class or {}).items()})
     return out
 
 

@@ -16,7 +16,8 @@ VALIDATION_SUMMARY = REPORTS / "validation.md"
 PRETRAIN_HISTORY = REPORTS / "pretrain.json"
 TUNE_REPORT = REPORTS / "tune.json"
 FINETUNE_REPORT = REPORTS / "finetune.json"
-METRICS = REPORTS / "metrics.json"
+METRICS = REPORTS / "metrics.json"  # the headline figures: what `dvc metrics show` prints
+PER_CLASS = REPORTS / "per_class.json"  # the shipped model's top-1 per class
 REGISTRATION = REPORTS / "registration.json"
 PLOTS = REPORTS / "plots"
 

@@ -119,10 +119,13 @@ def pretrain(cfg: PretrainParams, progress: bool = True, log_mlflow: bool = True
     )
     write_json(paths.PRETRAIN_HISTORY, {"summary": asdict(out), "epochs": history})
     write_csv(paths.PLOTS / "pretrain_loss.csv", ["step", "loss"], steps_log)
+    loss_fig = plots.loss_curve(*zip(*steps_log)) if steps_log else None
     if mlflow:
         mlflow.log_metrics({"pretrain/images_per_sec_mean": result.images_per_sec})
-        if steps_log:
-            plots.log(plots.loss_curve(*zip(*steps_log)), "plots/pretrain_loss.png")
+        if loss_fig:
+            mlflow.log_figure(loss_fig, "plots/pretrain_loss.png")
+    if loss_fig:  # a PNG for `dvc plots show` offline (its vega render of the CSV loads from a CDN)
+        plots.save(loss_fig, paths.PLOTS / "pretrain_loss.png")
     return out
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import ast
 import copy
 import re
-import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -452,10 +451,8 @@ def load_dvc(root: Path = REPO) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------ the tests
 def test_dvc_deps_cover_every_import_and_file_each_stage_reads():
-    start = time.perf_counter()
     problems = check_dvc_deps(load_dvc())
     assert not problems, "dvc.yaml does not declare what the stages use:\n  " + "\n  ".join(problems)
-    assert time.perf_counter() - start < 2
 
 
 def test_the_checker_reports_a_removed_dep():
@@ -543,3 +540,13 @@ def test_the_checker_follows_every_kind_of_import(tmp_path: Path, dispatch: str)
     _write(tmp_path, {"tasks/runner.py": "def _call(name):\n    pass\n"})
     problems = check_dvc_deps(dvc, root=tmp_path, params={}, loaders={})
     assert problems and "stage one: cannot find the module tasks/runner.py runs for it" in problems[0]
+
+
+def test_dvc_metrics_show_reads_the_headline_only_and_every_plot_has_a_png():
+    """`dvc metrics show` / `diff` read one narrow file; `dvc plots show` has a PNG of every curve
+    (its vega render of a CSV loads from a CDN: blank offline)."""
+    stages = load_dvc()["stages"]
+    metrics = [next(iter(m)) if isinstance(m, dict) else m for s in stages.values() for m in s.get("metrics", [])]
+    assert metrics == ["reports/metrics.json"]
+    plots = {next(iter(p)) if isinstance(p, dict) else p for s in stages.values() for p in s.get("plots", [])}
+    assert {"reports/plots/pretrain_loss.png", "reports/plots/confusion_matrix.png"} <= plots
