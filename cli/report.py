@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,30 @@ def print_failure(e: Any) -> None:
         lines.append(f"  full log: {Path(e.log).resolve()}")
     for line in lines:
         err_console.print(line, highlight=False, soft_wrap=True)
+
+
+class Interrupt:
+    """Ctrl-C during a run: the tools stop noisily (Prefect's temporary API server gets the signal
+    too, so its clients log connection tracebacks while they report the crash). On the first
+    Ctrl-C this silences logging, so that ``print_interrupted`` stays the last line; ``happened``
+    tells the caller, whatever exception the interrupt surfaced as."""
+
+    def __init__(self) -> None:
+        self.happened = False
+        signal.signal(signal.SIGINT, self._on_sigint)
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        self.happened = True
+        logging.disable(logging.CRITICAL)
+        logging.raiseExceptions = False  # handlers failing to reach the stopped server print nothing
+        signal.default_int_handler(signum, frame)
+
+
+def print_interrupted() -> None:
+    """After Ctrl-C (the caller exits 130): the stage that ran was stopped with all it started, and
+    its outputs put back."""
+    err_console.print("interrupted: the running stage and everything it started were stopped; its outputs are as the "
+                      "last good run left them (`dvc status` says what is stale)", highlight=False, soft_wrap=True)
 
 
 def mlflow_run_link(run_id: str) -> str:

@@ -13,7 +13,7 @@ from prefect.logging.loggers import PrefectLogAdapter
 from prefect.runtime import flow_run
 from prefect.states import Failed, State
 
-from flows.dvc_runner import repro, stage_is_stale
+from flows.dvc_runner import plan, record_timings, repro, stage_is_stale
 from tasks import paths
 from tasks.config import STAGES, MethodName
 from tasks.io import read_json
@@ -183,14 +183,16 @@ def pipeline(
         tags["mlflow.note.content"] = SMOKE_NOTE
     if link:  # a real Prefect server: link the run to its flow run page
         tags["prefect.flow_run_url"] = link
-    outcomes: list[dict[str, Any]] = []
     with mlflow.start_run(run_name=f"pipeline {flow_run.name}{' (smoke)' if setup.smoke else ''}", tags=tags) as parent:
         log_run_setup(setup)
         env = stage_env(str(flow_run.id), link, parent.info.run_id)
+        logger.info(plan(STAGES, setup.smoke))
+        outcomes: list[dict[str, Any]] = []
         try:
             outcomes, failure = run_stages(STAGES, env)
         finally:
             mlflow.log_dict({"stages": outcomes}, "stages.json")
+            record_timings(outcomes, setup.smoke)
         if failure:
             mlflow.set_tag("sslpipe.failure", str(failure)[:5000])
             mlflow.end_run("FAILED")

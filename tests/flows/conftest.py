@@ -56,6 +56,21 @@ def server_state(project: Path, name: str) -> dict:
     return json.loads((project / ".sslpipe" / "servers" / f"{name}.json").read_text())
 
 
+def small_data_project(root: Path, n_train: int = 200, n_test: int = 60) -> Path:
+    """A copy of the project under ``root`` whose ingest reads small synthetic Fashion-MNIST files
+    (16x16), that setting committed: a pipeline that fails or is stopped fast."""
+    from tasks.run_setup import write_params_yaml
+    from tests.fixtures import write_fashion_mnist
+
+    write_fashion_mnist(root / "fashion", n_train=n_train, n_test=n_test, side=16)
+    project = copy_project(root / "project")
+    params = project / "params.yaml"
+    write_params_yaml(params, [f"ingest.fashion_mnist_dir={root / 'fashion'}"], target=params)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "small data"], cwd=project,
+                   check=True)
+    return project
+
+
 @pytest.fixture(scope="session")
 def ops_project(tmp_path_factory):
     """(project dir, timings) with both servers running and a smoke pipeline registered."""

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import copy_project, subprocess_env
-from tests.fixtures import write_fashion_mnist
-from tests.flows.conftest import sslpipe
+from tests.conftest import subprocess_env
+from tests.flows.conftest import small_data_project, sslpipe
 
 pytestmark = pytest.mark.e2e
 
@@ -26,19 +25,11 @@ def _digests(folder: Path) -> dict[str, str]:
 def good_ingest(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A project copy whose ingest ran once through DVC, on small synthetic Fashion-MNIST files,
     with those parameters committed."""
-    from tasks.run_setup import write_params_yaml
-
-    root = tmp_path_factory.mktemp("failed-stage")
-    write_fashion_mnist(root / "fashion", n_train=200, n_test=60, side=16)
-    project = copy_project(root / "project")
-    params = project / "params.yaml"
-    write_params_yaml(params, [f"ingest.fashion_mnist_dir={root / 'fashion'}"], target=params)
-    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
-    subprocess.run([*git, "commit", "-qam", "small data"], cwd=project, check=True)
+    project = small_data_project(tmp_path_factory.mktemp("failed-stage"))
     proc = subprocess.run(["dvc", "repro", "ingest"], cwd=project, env=subprocess_env(), capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    (root / "empty").mkdir()
+    (project.parent / "empty").mkdir()
     return project
 
 
