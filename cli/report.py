@@ -135,7 +135,7 @@ def print_summary(result: dict[str, Any], root: Path) -> None:
         lines += [f"  MLflow:     {mlflow_run_link(result['mlflow_run_id'])}",
                   f"  Prefect:    {prefect_flow_run_link(result)}"]
     lines.append(f"  files:      {root}/reports/metrics.json, reports/plots/, models/; dvc metrics show")
-    if hint := git_hint(root):
+    if not result.get("smoke") and (hint := git_hint(root)):  # a smoke run's parameters are no result to keep
         lines.append(hint)
     lines += [
         "Next:",

@@ -30,7 +30,7 @@ from flows.pipeline import StageFailed, failed_state, flow_run_link, pipeline, r
 from tasks import paths
 from tasks.config import load_params
 from tasks.io import read_json
-from tasks.run_setup import prepare_run
+from tasks.run_setup import prepare_run, setup_notes
 
 SKIPPED, PROMOTED, KEPT = "skipped", "promoted", "kept champion"
 
@@ -112,6 +112,8 @@ def retrain(
             logger.info("waited %.0f s for another retrain to finish", waited_s)
         # params.yaml holds this run's parameters, as the pipeline flow leaves it (DVC reads it)
         setup = prepare_run(params_file, overrides or [], smoke)
+        for note in setup_notes(setup):  # e.g. a smoke run's parameters put back: a full run follows
+            logger.info(note)
         try:
             r = _decide_and_run(setup, force, waited_s, logger)
         except StageFailed as e:  # the stage said why; a failed state, no traceback
