@@ -13,7 +13,8 @@ from prefect.logging.loggers import PrefectLogAdapter
 from prefect.runtime import flow_run
 from prefect.states import Failed, State
 
-from flows.dvc_runner import plan, record_timings, repro, stage_is_stale
+from flows.dvc_runner import repro, stage_is_stale
+from flows.run_plan import plan, record_timings
 from tasks import paths
 from tasks.config import STAGES, MethodName
 from tasks.io import read_json
