@@ -9,7 +9,8 @@ import json
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -98,7 +99,7 @@ def repro(stage: str, env: dict[str, str], on_line: Callable[[str], None], force
     echo = _Echo(sys.stdout.buffer, line)
     cmd = [dvc_exe(), "repro", "--single-item", *(["--force"] if force else []), stage]
     # a session of its own: a Ctrl-C reaches this process only, which then stops the whole tree
-    with open(log, "wb") as out:
+    with open(log, "wb") as out, _sigterm_raises():
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         try:
             assert proc.stdout is not None
@@ -108,13 +109,35 @@ def repro(stage: str, env: dict[str, str], on_line: Callable[[str], None], force
                 echo.feed(chunk)
             echo.close()
             code = proc.wait()
-        except BaseException:  # Ctrl-C, or the flow cancelled
+        except BaseException:  # Ctrl-C, SIGTERM, or the flow cancelled
             stop_tree(proc.pid)
             raise
         finally:
             proc.stdout.close()
     own = [e for e in errors if e.startswith("error: ")]
     return ReproResult(code, (own or errors or [""])[-1], log)
+
+
+@contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """SIGTERM (a worker cancelling the flow run, ``kill``) raises ``SystemExit(143)`` while a
+    stage runs, so ``repro`` stops the stage's tree as it does on Ctrl-C: DVC runs in a session of
+    its own, out of reach of a signal sent to this process. Only the main thread can set a handler;
+    elsewhere the process's own handling stays."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def stop_tree(pid: int, grace_s: float = 15) -> None:

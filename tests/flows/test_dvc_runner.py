@@ -46,3 +46,32 @@ def test_progress_bars_show_as_they_come_and_end_once() -> None:
 def test_hints_are_recognised_and_output_is_not() -> None:
     assert is_hint("\tgit add dvc.lock") and is_hint("") and is_hint("Use `dvc push` to send your updates to remote storage.")
     assert not is_hint("error: /tmp/empty: no images found") and not is_hint("Running stage 'ingest':")
+
+
+def test_sigterm_mid_stage_stops_the_whole_tree(tmp_path) -> None:
+    """A worker cancelling the flow run sends SIGTERM to the flow's process: the stage's tree (DVC
+    runs in a session of its own) stops with it, and the process exits 143."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    fake_dvc = tmp_path / "dvc"  # a stage that starts a child of its own and waits
+    fake_dvc.write_text(f"#!/bin/bash\nsleep 300 &\necho $! > {tmp_path}/child.pid\necho started\nwait\n")
+    fake_dvc.chmod(0o755)
+    script = ("import flows.dvc_runner as r; r.dvc_exe = lambda: " + repr(str(fake_dvc)) +
+              "; r.repro('train', dict(__import__('os').environ), print)")
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    pid_file = tmp_path / "child.pid"
+    for _ in range(300):
+        if pid_file.exists() and pid_file.read_text().strip():
+            break
+        time.sleep(0.1)
+    child = int(pid_file.read_text())
+    assert psutil.pid_exists(child)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 143
+    assert not psutil.pid_exists(child) or psutil.Process(child).status() == psutil.STATUS_ZOMBIE
