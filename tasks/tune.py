@@ -124,9 +124,11 @@ def tune_arm(cfg: TuneParams, arm: str, data: dict[str, Any], parent_run_id: str
         trainable,
         param_space=search_space(cfg, arm),
         tune_config=tune.TuneConfig(
-            metric=METRIC, mode="max", num_samples=cfg.num_samples, max_concurrent_trials=cfg.max_concurrent_trials,
-            # one seeded stream of configurations per arm, drawn in the driver in trial order
-            search_alg=BasicVariantGenerator(random_state=cfg.seed * 1000 + list(ARMS).index(arm)),
+            metric=METRIC, mode="max", num_samples=cfg.num_samples,
+            # one seeded stream of configurations per arm, drawn in the driver in trial order; the
+            # generator holds the concurrency limit (Tune ignores max_concurrent_trials beside it)
+            search_alg=BasicVariantGenerator(random_state=cfg.seed * 1000 + list(ARMS).index(arm),
+                                             max_concurrent=cfg.max_concurrent_trials),
             scheduler=FIFOScheduler(),
             reuse_actors=True,  # a trial re-seeds everything it uses: a warm process, not a new torch import
         ),
