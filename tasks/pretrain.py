@@ -119,13 +119,12 @@ def pretrain(cfg: PretrainParams, progress: bool = True, log_mlflow: bool = True
     )
     write_json(paths.PRETRAIN_HISTORY, {"summary": asdict(out), "epochs": history})
     write_csv(paths.PLOTS / "pretrain_loss.csv", ["step", "loss"], steps_log)
-    loss_fig = plots.loss_curve(*zip(*steps_log)) if steps_log else None
+    steps, losses = zip(*steps_log) if steps_log else ((), ())  # none: a run shorter than the log interval
+    loss_fig = plots.loss_curve(steps, losses)
     if mlflow:
         mlflow.log_metrics({"pretrain/images_per_sec_mean": result.images_per_sec})
-        if loss_fig:
-            mlflow.log_figure(loss_fig, "plots/pretrain_loss.png")
-    if loss_fig:  # a PNG for `dvc plots show` offline (its vega render of the CSV loads from a CDN)
-        plots.save(loss_fig, paths.PLOTS / "pretrain_loss.png")
+        mlflow.log_figure(loss_fig, "plots/pretrain_loss.png")
+    plots.save(loss_fig, paths.PLOTS / "pretrain_loss.png")  # `dvc plots show` offline (the CSV's render needs a CDN)
     return out
 
 
