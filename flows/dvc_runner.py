@@ -29,16 +29,21 @@ def dvc_exe() -> str:
     return str(exe) if exe.exists() else "dvc"
 
 
-def stage_is_stale(stage: str) -> bool:
-    """Whether DVC would run ``stage`` (changed code, data, params or outputs, or never run).
+def dvc_status(*stages: str) -> dict:
+    """``dvc status --json [STAGE...]``: the stale stages (all of them without ``stages``) and why.
 
     Raises:
         RuntimeError: ``dvc status`` itself failed (its message).
     """
-    proc = subprocess.run([dvc_exe(), "status", "--json", stage], capture_output=True, text=True)
+    proc = subprocess.run([dvc_exe(), "status", "--json", *stages], capture_output=True, text=True)
     if proc.returncode != 0:
-        raise RuntimeError(f"`dvc status {stage}` failed: {proc.stderr.strip() or proc.stdout.strip()}")
-    return bool(json.loads(proc.stdout or "{}"))
+        raise RuntimeError(f"`dvc status {' '.join(stages)}` failed: {proc.stderr.strip() or proc.stdout.strip()}")
+    return json.loads(proc.stdout or "{}")
+
+
+def stage_is_stale(stage: str) -> bool:
+    """Whether DVC would run ``stage`` (changed code, data, params or outputs, or never run)."""
+    return bool(dvc_status(stage))
 
 
 def is_hint(line: str) -> bool:

@@ -3,11 +3,9 @@ long they take, by the last time a run of the same kind (smoke or not) ran them 
 
 from __future__ import annotations
 
-import json
-import subprocess
 from collections.abc import Sequence
 
-from flows.dvc_runner import dvc_exe
+from flows.dvc_runner import dvc_status
 from tasks import paths
 from tasks.io import read_json, write_json
 
@@ -16,8 +14,10 @@ TIMINGS = paths.STATE / "stage_seconds.json"  # {"smoke"|"full": {stage: seconds
 
 def stale_stages(stages: Sequence[str]) -> list[str]:
     """The ``stages`` DVC would run now, in order (``sources`` always runs in the flow)."""
-    proc = subprocess.run([dvc_exe(), "status", "--json"], capture_output=True, text=True)
-    stale = set(json.loads(proc.stdout or "{}")) if proc.returncode == 0 else set(stages)
+    try:
+        stale = set(dvc_status())
+    except RuntimeError:  # the stages' own run says what is wrong
+        stale = set(stages)
     return [s for s in stages if s in stale or s == "sources"]
 
 
