@@ -63,22 +63,10 @@ def run(
         fail(str(e), 2)
     for note in setup_notes(setup):
         console.print(note, highlight=False, soft_wrap=True)
-    from cli.report import Interrupt, keep_last_lines_last, print_failure, print_interrupted, print_summary
-    from flows.pipeline import StageFailed, pipeline
+    from cli.report import print_summary, run_flow
+    from flows.pipeline import pipeline
 
-    keep_last_lines_last()
-    interrupt = Interrupt()
-    try:
-        result = pipeline(setup=setup)
-    except StageFailed as e:
-        print_failure(e)
-        raise typer.Exit(1) from None
-    except BaseException:
-        if not interrupt.happened:
-            raise
-        print_interrupted()
-        raise typer.Exit(130) from None
-    print_summary(result, root)
+    print_summary(run_flow(lambda: pipeline(setup=setup)), root)
 
 
 @app.command()
@@ -96,27 +84,16 @@ def retrain(
         load_params(params_file, list(set_ or []))  # a bad --set answers now, not once the flow has started
     except ParamsError as e:
         fail(str(e), 2)
-    from cli.report import Interrupt, keep_last_lines_last, print_failure, print_interrupted
-    from flows.pipeline import StageFailed
+    from cli.report import run_flow
     from flows.retrain import retrain as retrain_flow
     from tasks.locks import LockTimeout
 
-    keep_last_lines_last()
-    interrupt = Interrupt()
     try:
-        r = retrain_flow(overrides=list(set_ or []), force=force, smoke=smoke, params_file=str(params_file))
+        r = run_flow(lambda: retrain_flow(overrides=list(set_ or []), force=force, smoke=smoke, params_file=str(params_file)))
     except ParamsError as e:
         fail(str(e), 2)
-    except StageFailed as e:
-        print_failure(e)
-        raise typer.Exit(1) from None
     except LockTimeout as e:
         fail(str(e))
-    except BaseException:
-        if not interrupt.happened:
-            raise
-        print_interrupted()
-        raise typer.Exit(130) from None
     score = r.get("drift_score")
     console.print(f"[bold]{r['decision']}[/]: {r['reason']}", highlight=False)
     console.print(f"data version {r['data_version']}, drift score "

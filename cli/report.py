@@ -9,11 +9,15 @@ import os
 import signal
 import subprocess
 from pathlib import Path
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
+import typer
 from rich.table import Table
 
 from cli.app import console, err_console
+
+T = TypeVar("T")
 
 
 class _NoServerStopNote(logging.Filter):
@@ -67,6 +71,25 @@ def print_interrupted() -> None:
     its outputs put back."""
     err_console.print("interrupted: the running stage and everything it started were stopped; its outputs are as the "
                       "last good run left them (`dvc status` says what is stale)", highlight=False, soft_wrap=True)
+
+
+def run_flow(flow: Callable[[], T]) -> T:
+    """Run a pipeline flow (``pipeline``, ``retrain``) as the CLI does: a failed stage prints its
+    message and exits 1, Ctrl-C one line and exit 130; anything else propagates."""
+    from flows.pipeline import StageFailed
+
+    keep_last_lines_last()
+    interrupt = Interrupt()
+    try:
+        return flow()
+    except StageFailed as e:
+        print_failure(e)
+        raise typer.Exit(1) from None
+    except BaseException:
+        if not interrupt.happened:
+            raise
+        print_interrupted()
+        raise typer.Exit(130) from None
 
 
 def mlflow_run_link(run_id: str) -> str:
