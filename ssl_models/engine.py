@@ -1,6 +1,11 @@
 """One training loop for every SSL method: mixed precision, channels_last, schedules, clipping,
 atomic checkpoints with exact resume, an online monitor each epoch and a collapse warning. The
-pieces it shares with classifier training (set-up, the step, the loss meter) are in ``training``."""
+pieces it shares with classifier training (set-up, the step, the loss meter) are in ``training``.
+
+The same loop runs in every worker of a distributed run (a launcher such as Ray Train's
+``TorchTrainer`` starts the process group; see ``ssl_models.dist``): each worker takes its equal
+slice of the global batch, the module is wrapped in DDP with synchronised BatchNorm, the logged
+loss is the global batch's, and only rank 0 writes checkpoints."""
 
 from __future__ import annotations
 
@@ -18,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ssl_models import training
+from ssl_models import dist, training
 from ssl_models.methods.base import SSLMethod, SSLOutput
 from ssl_models.optim import _param_groups, build_optimizer  # noqa: F401  (part of the engine's API)
 from ssl_models.run_state import RunState, resume, save_checkpoint
@@ -83,6 +88,7 @@ class TrainResult:
 
 StepCallback = Callable[[int, dict[str, float]], None]
 EpochCallback = Callable[[int, SSLMethod], dict[str, float]]
+CheckpointCallback = Callable[[int], None]
 
 
 def embedding_std(z: Tensor) -> float:
@@ -105,6 +111,18 @@ def _epoch_order(n: int, epoch: int, seed: int) -> Tensor:
     return torch.randperm(n, generator=g)
 
 
+def view_seed(seed: int, step: int, rank: int = 0) -> int:
+    """The seed of a worker's views at ``step``: a function of (seed, step, rank) only, so a resumed
+    run draws the same views; rank 0's (and a single process's) is the same as before workers."""
+    return seed * 1_000_003 + step + (rank << 40)
+
+
+def shard(idx: Tensor, rank: int, world: int) -> Tensor:
+    """Worker ``rank``'s equal slice of a global batch's indices (ranks in order cover the batch)."""
+    n = idx.shape[0] // world
+    return idx[rank * n : (rank + 1) * n]
+
+
 def pretrain_schedule(n: int, cfg: TrainConfig) -> Schedule:
     """The schedule of pretraining on ``n`` images (lr scaled linearly from batch size 256)."""
     per_epoch = min(cfg.images_per_epoch or n, n)
@@ -115,17 +133,19 @@ def pretrain_schedule(n: int, cfg: TrainConfig) -> Schedule:
 
 def ssl_step(rt: Runtime, method: SSLMethod, batch: Tensor, state: RunState, sched: Schedule, cfg: TrainConfig,
              generator: torch.Generator) -> SSLOutput:
-    """One pretraining step on a uint8 ``batch``: the method's views (seeded by (seed, step) only),
-    the scheduled lr, ``training.train_step``, the method's ``on_step_end``; the loss goes to
+    """One pretraining step on a uint8 ``batch`` (this worker's slice of the global batch): the
+    method's views (seeded by (seed, step, rank) only), the scheduled lr, ``training.train_step``,
+    the method's ``on_step_end``; the loss (averaged over workers: the global batch's) goes to
     ``state.meter`` without a sync and ``state.step`` advances."""
     step = state.step
     batch = batch.to(rt.device, non_blocking=True)
-    generator.manual_seed(cfg.seed * 1_000_003 + step)  # views depend on (seed, step) only
+    generator.manual_seed(view_seed(cfg.seed, step, dist.rank()))
     with torch.no_grad():
         views = [training.to_memory_format(v, rt.channels_last) for v in method.views(batch, generator)]
     training.set_lr(rt.optimizer, sched.lr(step))
     loss, out = training.train_step(rt, views, lambda out: out.loss, cfg.grad_clip)
     method.on_step_end(step, sched.total_steps)
+    loss = dist.all_reduce_mean(loss)  # the identity in one process
     state.meter.add(loss, step)
     state.step += 1
     return out
@@ -162,14 +182,15 @@ def train_one_epoch(rt: Runtime, method: SSLMethod, images: Tensor, state: RunSt
         The last step's output (its embedding feeds the collapse check).
     """
     epoch, first = divmod(state.step, sched.steps_per_epoch)
-    order = _epoch_order(images.shape[0], epoch, cfg.seed)
+    order = _epoch_order(images.shape[0], epoch, cfg.seed)  # the same in every worker
+    rank, world = dist.rank(), dist.world_size()
     with log.clock.paused():
         method.on_epoch_start(epoch, images)
     generator = torch.Generator(device=rt.device)
     out: SSLOutput | None = None
     for i in range(first, min(sched.steps_per_epoch, stop_at - epoch * sched.steps_per_epoch)):
         idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
-        out = ssl_step(rt, method, images[idx], state, sched, cfg, generator)
+        out = ssl_step(rt, method, images[shard(idx, rank, world)], state, sched, cfg, generator)
         log.clock.add(len(idx))
         log.bar.update(1)
         if state.step % cfg.log_every == 0 or state.step == sched.total_steps:
@@ -219,9 +240,14 @@ def train(
     on_epoch: EpochCallback | None = None,
     progress: bool = True,
     max_steps: int | None = None,
+    on_checkpoint: CheckpointCallback | None = None,
 ) -> TrainResult:
     """Train ``method`` on ``images``, resuming from ``checkpoint_path`` if it holds a checkpoint of
     the same run.
+
+    In a process group of several workers (``ssl_models.dist``) every worker calls this with the
+    same arguments: each trains on its slice of every global batch of ``cfg.batch_size`` images,
+    and rank 0 alone writes the checkpoint.
 
     Args:
         method: the SSL method (its ``encoder`` is what you keep).
@@ -234,17 +260,24 @@ def train(
         on_epoch: called at the end of each epoch; may return metrics (e.g. online kNN accuracy).
         progress: show a progress bar.
         max_steps: stop after this global step (to simulate a killed run in tests).
+        on_checkpoint: called with the step after each checkpoint is written, in every worker (a
+            launcher hands rank 0's file to its storage there).
 
     Returns:
         Step count, throughput and per-epoch history.
 
     Raises:
         FloatingPointError: a loss was nan or inf (found when the loss is next read back).
+        ValueError: ``cfg.batch_size`` does not split evenly over the workers.
     """
+    if cfg.batch_size % dist.world_size():
+        raise ValueError(f"batch_size {cfg.batch_size} does not split over {dist.world_size()} workers")
+    fingerprint = _fingerprint(method, cfg, images.shape[0])  # before setup changes the modules (SyncBatchNorm)
     rt = training.setup(method, lambda m: build_optimizer(m, cfg), device=cfg.device, precision=cfg.precision,
                         channels_last=cfg.channels_last, compile=cfg.compile, seed=cfg.seed)
     sched = pretrain_schedule(images.shape[0], cfg)
-    state = resume(Path(checkpoint_path) if checkpoint_path else None, rt, _fingerprint(method, cfg, images.shape[0]))
+    state = resume(Path(checkpoint_path) if checkpoint_path else None, rt, fingerprint)
+    state.on_saved = on_checkpoint
     resumed_from = state.step
     stop_at = sched.total_steps if max_steps is None else min(sched.total_steps, max_steps)
     bar = tqdm(total=sched.total_steps, initial=state.step, disable=not progress, unit="step", dynamic_ncols=True)

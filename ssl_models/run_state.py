@@ -4,12 +4,13 @@ from and writes (atomically), so that a killed run continues exactly where it st
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from ssl_models import checkpoint
+from ssl_models import checkpoint, dist
 from ssl_models.training import LossMeter, Runtime
 
 #: what a non-finite pretraining loss suggests
@@ -25,6 +26,7 @@ class RunState:
     meter: LossMeter  # the current epoch's running loss, on the device
     fingerprint: str  # the run's ``_fingerprint``: a checkpoint with another is not resumed
     path: Path | None  # the checkpoint file; None: no checkpoints
+    on_saved: Callable[[int], None] | None = None  # called with the step after each checkpoint, in every worker
 
 
 def resume(path: Path | None, rt: Runtime, fingerprint: str) -> RunState:
@@ -52,20 +54,25 @@ def resume(path: Path | None, rt: Runtime, fingerprint: str) -> RunState:
 
 def save_checkpoint(state: RunState, rt: Runtime) -> None:
     """Write ``state`` and ``rt``'s weights, optimizer, scaler and CPU RNG atomically to
-    ``state.path`` (nothing if None). Reads the loss back first, so a non-finite loss raises
-    instead of being saved."""
+    ``state.path`` (nothing if None), then call ``state.on_saved``. Reads the loss back first, so a
+    non-finite loss raises instead of being saved. In a distributed run rank 0 alone writes (every
+    worker holds the same weights, optimizer and RNG) and every worker calls ``on_saved``."""
     if state.path is None:
         return
-    checkpoint.save_atomic(
-        {
-            "fingerprint": state.fingerprint,
-            "step": state.step,
-            "method": rt.module.state_dict(),
-            "optimizer": rt.optimizer.state_dict(),
-            "scaler": rt.scaler.state_dict(),
-            "rng_cpu": torch.get_rng_state(),
-            "history": state.history,
-            "epoch_loss": state.meter.state_dict(),  # so a mid-epoch resume averages the whole epoch
-        },
-        state.path,
-    )
+    epoch_loss = state.meter.state_dict()  # in every worker: a non-finite loss raises in all of them
+    if dist.is_main_process():
+        checkpoint.save_atomic(
+            {
+                "fingerprint": state.fingerprint,
+                "step": state.step,
+                "method": rt.module.state_dict(),
+                "optimizer": rt.optimizer.state_dict(),
+                "scaler": rt.scaler.state_dict(),
+                "rng_cpu": torch.get_rng_state(),
+                "history": state.history,
+                "epoch_loss": epoch_loss,  # so a mid-epoch resume averages the whole epoch
+            },
+            state.path,
+        )
+    if state.on_saved is not None:
+        state.on_saved(state.step)

@@ -3,7 +3,8 @@
 and a running loss kept on the device and read back only when it is logged.
 
 Nothing here keeps global state: each function gets what it needs as arguments, so that a
-distributed wrapper can run the same loop in every worker."""
+distributed wrapper can run the same loop in every worker (inside a process group, ``setup``
+wraps the model in DDP)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor, nn
 
+from ssl_models import dist
 from ssl_models.device import autocast, autocast_dtype, resolve_device, use_channels_last
 from ssl_models.schedules import warmup_cosine
 
@@ -32,7 +34,8 @@ class Runtime:
         amp_dtype: the autocast dtype, or None for fp32.
         channels_last: whether inputs are converted to channels_last.
         module: the model itself (its ``state_dict`` is what a checkpoint holds).
-        model: what a step calls: ``module`` or ``torch.compile(module)``.
+        model: what a step calls: ``module``, wrapped in DDP inside a process group, and compiled
+            if asked.
         optimizer: over ``module``'s parameters.
         scaler: loss scaling, enabled for fp16 only (bf16 has fp32's exponent range).
     """
@@ -51,6 +54,34 @@ def grad_scaler(device: torch.device, amp_dtype: torch.dtype | None) -> torch.am
     return torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
 
+def synchronise_batchnorm(module: nn.Module, device: torch.device) -> None:
+    """Make ``module``'s BatchNorm layers (its children, in place) compute statistics over every
+    worker's batch: ``ssl_models.dist.convert_sync_batchnorm`` where it exists (it runs on CPUs
+    too), else PyTorch's ``SyncBatchNorm``, which runs on GPUs only (on a CPU the layers then stay
+    per worker). Both keep each layer's parameter and buffer objects."""
+    convert = getattr(dist, "convert_sync_batchnorm", None)
+    if convert is not None:
+        convert(module)
+    elif device.type == "cuda":
+        nn.SyncBatchNorm.convert_sync_batchnorm(module)
+
+
+def distributed_model(module: nn.Module, device: torch.device) -> nn.Module:
+    """``module`` in DDP (gradients averaged over the workers after each backward; every worker
+    starts from rank 0's weights, which DDP broadcasts), its BatchNorm synchronised.
+
+    The BatchNorm layers are converted after DDP wraps the module: DDP refuses any
+    ``nn.SyncBatchNorm`` (the CPU-capable one included) in a CPU module when it is built, and the
+    conversion keeps the parameter and buffer objects DDP registered, so the model is the same.
+    """
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None
+    ddp = DistributedDataParallel(module, device_ids=ids)
+    synchronise_batchnorm(module, device)
+    return ddp
+
+
 def setup(
     module: nn.Module,
     make_optimizer: Callable[[nn.Module], torch.optim.Optimizer],
@@ -62,6 +93,8 @@ def setup(
     seed: int = 0,
 ) -> Runtime:
     """Seed the global RNG, move ``module`` to its device and memory format, and build its optimizer.
+    Inside a process group of several workers (``ssl_models.dist.is_distributed``), the model a
+    step calls is ``module`` in DDP, with synchronised BatchNorm.
 
     Args:
         module: the model to train (moved in place).
@@ -79,7 +112,8 @@ def setup(
     module.to(dev)
     if cl:
         module.to(memory_format=torch.channels_last)
-    model = torch.compile(module) if compile else module
+    model = distributed_model(module, dev) if dist.is_distributed() else module
+    model = torch.compile(model) if compile else model
     optimizer = make_optimizer(module)
     return Runtime(dev, amp_dtype, cl, module, model, optimizer, grad_scaler(dev, amp_dtype))
 

@@ -1,8 +1,12 @@
 """Stage 3 -- pretrain: self-supervised training of the encoder on every train image (labels
-unused), resuming from the last checkpoint if a run was killed. Writes ``models/encoder.pt``."""
+unused), resuming from the last checkpoint if a run was killed. Writes ``models/encoder.pt``.
+
+One process by default; with ``pretrain.distributed.workers`` > 1 the same engine loop runs on Ray
+Train workers (``tasks.distributed``), and the encoder is written here, by the driver, all the same."""
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -10,7 +14,7 @@ from typing import Any
 import torch
 
 from ssl_models.augment import ViewAugment, to_float
-from ssl_models.engine import TrainConfig, train
+from ssl_models.engine import TrainConfig, TrainResult, train
 from ssl_models.evaluation import extract_features, knn_top1
 from ssl_models.methods import method_class
 from tasks import paths, plots
@@ -51,6 +55,11 @@ def build_method(cfg: PretrainParams, train_images: torch.Tensor):
     return cls(build_encoder(spec), augment, **cfg.args), spec
 
 
+def _worker_method(cfg: PretrainParams, train_images: torch.Tensor):
+    """``build_method`` without the spec: what each Ray Train worker builds (the same weights in each)."""
+    return build_method(cfg, train_images)[0]
+
+
 def knn_monitor(data: Dataset, n: int, seed: int, k: int = 20):
     """An epoch callback: kNN top-1 with ``n`` labeled train images as the bank and ``n // 4``
     other ones as queries (never the test split)."""
@@ -59,12 +68,13 @@ def knn_monitor(data: Dataset, n: int, seed: int, k: int = 20):
     pick = torch.from_numpy(labeled)[torch.randperm(len(labeled), generator=g)[: n + n // 4]].numpy()
     bank_x, bank_y = data.take(pick[:n])
     query_x, query_y = data.take(pick[n:])
+    num_classes = data.num_classes  # the closure holds tensors only: it may travel to a Ray worker
 
     def on_epoch(epoch: int, method) -> dict[str, float]:
         device = next(method.parameters()).device
         bank = extract_features(method.encoder, bank_x, device=device)
         query = extract_features(method.encoder, query_x, device=device)
-        return {"knn_monitor_top1": knn_top1(bank, bank_y, query, query_y, data.num_classes, k)}
+        return {"knn_monitor_top1": knn_top1(bank, bank_y, query, query_y, num_classes, k)}
 
     return on_epoch
 
@@ -105,7 +115,15 @@ def pretrain(cfg: PretrainParams, progress: bool = True, log_mlflow: bool = True
             mlflow.log_metrics({f"pretrain/{k}": v for k, v in out.items()}, step=epoch)
         return out
 
-    result = train(method, images, train_config(cfg), paths.PRETRAIN_CHECKPOINT, on_step, on_epoch, progress=progress)
+    if cfg.distributed.workers > 1:
+        result = _train_on_workers(cfg, method, images, monitor, on_step, progress)
+        if mlflow:  # the monitor ran in a worker: its metrics are logged from the history
+            for record in result.history:
+                mlflow.log_metrics({f"pretrain/{k}": v for k, v in record.items() if k.startswith("knn")},
+                                   step=int(record["epoch"]))
+    else:
+        result = train(method, images, train_config(cfg), paths.PRETRAIN_CHECKPOINT, on_step, on_epoch,
+                       progress=progress)
     flush()
     history = result.history
     save_encoder(method.encoder.cpu().to(memory_format=torch.contiguous_format), spec, paths.ENCODER,
@@ -126,6 +144,19 @@ def pretrain(cfg: PretrainParams, progress: bool = True, log_mlflow: bool = True
         mlflow.log_figure(loss_fig, "plots/pretrain_loss.png")
     plots.save(loss_fig, paths.PLOTS / "pretrain_loss.png")  # `dvc plots show` offline (the CSV's render needs a CDN)
     return out
+
+
+def _train_on_workers(cfg: PretrainParams, method, images: torch.Tensor, monitor, on_step, progress: bool) -> TrainResult:
+    """Train on ``cfg.distributed.workers`` Ray Train workers; load the final weights into ``method``
+    and replay rank 0's per-step metrics through ``on_step``."""
+    from tasks.distributed import train_on_workers
+
+    run = train_on_workers(functools.partial(_worker_method, cfg), images, train_config(cfg), cfg.distributed,
+                           on_epoch=monitor, progress=progress)
+    method.load_state_dict(run.state_dict)
+    for step, metrics in run.steps:
+        on_step(step, metrics)
+    return run.result
 
 
 def augment_preview(method, images: torch.Tensor, seed: int) -> Any:

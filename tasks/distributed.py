@@ -1,0 +1,205 @@
+"""Pretraining on several workers: the engine's own loop (``ssl_models.engine.train``) run in every
+worker of a Ray Train ``TorchTrainer`` (DDP: gloo on CPUs, NCCL on GPUs), on a local Ray instance
+or the cluster at ``RAY_ADDRESS``. This is the only module that knows about Ray Train; the engine
+sees a process group through ``ssl_models.dist`` and nothing else.
+
+Faults: rank 0 writes each engine checkpoint (atomically) into a local directory, and hands it to
+Ray Train (``ray.train.report``), which copies it to ``storage_path`` -- a directory or URI every
+worker can reach. When a worker dies, Ray Train restarts the worker group (up to
+``max_failures`` times) and every worker resumes from the last reported checkpoint
+(``ray.train.get_checkpoint``) at its exact step. A killed driver resumes the same way when the
+stage is run again: Ray Train finds the run's checkpoints under ``storage_path``/``name``.
+
+Everything a worker reads comes through Ray (the images through the object store, the rest in
+the pickled loop config), never a path that exists only on the driver.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ssl_models import checkpoint
+from ssl_models.engine import EpochCallback, TrainConfig, TrainResult, train
+from ssl_models.methods.base import SSLMethod
+from tasks import paths
+from tasks.config import DistributedParams
+from tasks.io import write_json
+
+CHECKPOINT_FILE = "pretrain.pt"  # the engine's checkpoint, inside each reported checkpoint directory
+STEPS_FILE = "steps.json"  # rank 0's per-step metrics up to the checkpoint's step
+SUMMARY_KEYS = ("steps", "epochs", "images_per_sec", "wall_seconds", "resumed_from_step")
+
+#: builds the method in a worker from the training images (the same seed, so the same weights, in each)
+MethodBuilder = Callable[[torch.Tensor], SSLMethod]
+
+
+@dataclass
+class DistributedRun:
+    """What a run on workers gives back to the driver.
+
+    Attributes:
+        result: the engine's result, as rank 0 saw it in the last attempt (after a restart its
+            ``resumed_from_step`` is the step it restarted from).
+        state_dict: the method's final weights.
+        steps: rank 0's ``on_step`` records ``(step, metrics)``, from the first step of the run.
+    """
+
+    result: TrainResult
+    state_dict: dict[str, torch.Tensor]
+    steps: list[tuple[int, dict[str, float]]]
+
+
+def storage_path(cfg: DistributedParams) -> str:
+    """Where checkpoints go: ``cfg.storage_path`` (a directory or URI), else ``.sslpipe/ray`` (absolute:
+    Ray Train resolves relative paths against its own directory, not the project's)."""
+    return cfg.storage_path or str(paths.RAY_RESULTS.resolve())
+
+
+def init_ray(num_cpus: float, num_gpus: int) -> bool:
+    """Connect to ``RAY_ADDRESS``'s cluster, or start a local Ray with ``num_cpus`` and ``num_gpus``;
+    False when Ray was already up (the caller's: left running)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = os.environ.get("RAY_ADDRESS")
+    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
+    if not address:
+        kwargs["num_cpus"] = max(int(-(-num_cpus // 1)), 1)  # ceil
+        kwargs["num_gpus"] = num_gpus
+    ray.init(address=address or None, **kwargs)
+    return True
+
+
+def _threads(cfg: DistributedParams) -> int:
+    return max(1, int(cfg.resources_per_worker.get("CPU", 1)))
+
+
+def _restore(local: Path) -> list[list[Any]]:
+    """Copy the last reported checkpoint (if any) into ``local``, where the engine resumes from it;
+    return its per-step records."""
+    import ray.train
+
+    restored = ray.train.get_checkpoint()
+    if restored is None:
+        return []
+    with restored.as_directory() as d:
+        shutil.copy(Path(d) / CHECKPOINT_FILE, local / CHECKPOINT_FILE)
+        steps = Path(d) / STEPS_FILE
+        return json.loads(steps.read_text()) if steps.exists() else []
+
+
+def _worker_loop(config: dict[str, Any]) -> None:
+    """One worker: build the method, restore the last checkpoint, run the engine; rank 0 hands every
+    checkpoint to Ray Train, and at the end one with the run's summary as its metrics."""
+    import ray
+    import ray.train
+    from ray.train import Checkpoint
+
+    torch.set_num_threads(config["threads"])
+    cfg: TrainConfig = config["train"]
+    if config["use_gpu"]:
+        from ray.train.torch import get_device
+
+        torch.cuda.set_device(get_device())
+        cfg = replace(cfg, device="cuda")  # the current device: this worker's GPU
+    images = torch.from_numpy(ray.get(config["images"]))
+    method = config["build"](images)
+    main = ray.train.get_context().get_world_rank() == 0
+    local = Path(tempfile.mkdtemp(prefix="sslpipe-pretrain-"))
+    try:
+        steps = _restore(local)
+
+        def report(metrics: dict[str, Any]) -> None:
+            """Every worker reports (it is a barrier); rank 0's directory is the checkpoint."""
+            if main:
+                write_json(local / STEPS_FILE, steps)
+            ray.train.report(metrics, checkpoint=Checkpoint.from_directory(str(local)) if main else None)
+
+        result = train(method, images, cfg, local / CHECKPOINT_FILE,
+                       on_step=(lambda step, metrics: steps.append([step, metrics])) if main else None,
+                       on_epoch=config["on_epoch"] if main else None, progress=False,
+                       on_checkpoint=lambda step: report({"step": step}))
+        report({"step": result.steps, **{k: getattr(result, k) for k in SUMMARY_KEYS}})
+    finally:
+        shutil.rmtree(local, ignore_errors=True)
+
+
+def train_on_workers(
+    build: MethodBuilder,
+    images: torch.Tensor,
+    cfg: TrainConfig,
+    dist_cfg: DistributedParams,
+    *,
+    name: str = "pretrain",
+    on_epoch: EpochCallback | None = None,
+    progress: bool = True,
+) -> DistributedRun:
+    """Run ``engine.train`` on ``dist_cfg.workers`` Ray Train workers (even one: the distributed path
+    itself, which the pretrain stage takes from two workers on).
+
+    Args:
+        build: makes the method in each worker (picklable: it travels to the workers).
+        images: (N, C, H, W) uint8, shipped once through Ray's object store.
+        cfg: the engine's config; ``batch_size`` is the global batch.
+        dist_cfg: workers, resources, storage and restarts.
+        name: the run's name under the storage path (a rerun with the same name resumes it).
+        on_epoch: the engine's epoch callback, called in rank 0 (picklable).
+        progress: print where the run goes and how it ended.
+
+    Returns:
+        The summary, final weights and per-step metrics of rank 0.
+
+    Raises:
+        RuntimeError: the workers failed more than ``dist_cfg.max_failures`` times; the message names
+            the storage holding the last checkpoint, from which a rerun resumes.
+    """
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
+    from ray.train.torch import TorchTrainer
+
+    storage = storage_path(dist_cfg)
+    gpus = dist_cfg.workers if dist_cfg.use_gpu else 0
+    started = init_ray(dist_cfg.workers * float(dist_cfg.resources_per_worker.get("CPU", 1)), gpus)
+    try:
+        if progress:
+            print(f"pretrain on {dist_cfg.workers} Ray Train workers ({'GPU' if gpus else 'CPU'}), "
+                  f"batch {cfg.batch_size // dist_cfg.workers} each; checkpoints in {storage}/{name}", flush=True)
+        trainer = TorchTrainer(
+            _worker_loop,
+            train_loop_config={"train": cfg, "build": build, "on_epoch": on_epoch, "images": ray.put(images.numpy()),
+                               "threads": _threads(dist_cfg), "use_gpu": dist_cfg.use_gpu},
+            scaling_config=ScalingConfig(num_workers=dist_cfg.workers, use_gpu=dist_cfg.use_gpu,
+                                         resources_per_worker=dict(dist_cfg.resources_per_worker)),
+            run_config=RunConfig(name=name, storage_path=storage,
+                                 failure_config=FailureConfig(max_failures=dist_cfg.max_failures),
+                                 checkpoint_config=CheckpointConfig(num_to_keep=2)),
+        )
+        try:
+            result = trainer.fit()
+        except TrainingFailedError as e:
+            raise RuntimeError(f"pretrain on {dist_cfg.workers} workers failed after {dist_cfg.max_failures} "
+                               f"restarts: {e}\nThe last checkpoint is in {storage}/{name}: run the stage again "
+                               f"to resume from it") from e
+        with result.checkpoint.as_directory() as d:
+            state = checkpoint.load(Path(d) / CHECKPOINT_FILE)
+            steps = [(int(s), m) for s, m in json.loads((Path(d) / STEPS_FILE).read_text())]
+    finally:
+        if started:
+            ray.shutdown()
+    summary = {k: result.metrics[k] for k in SUMMARY_KEYS}
+    train_result = TrainResult(**summary, history=list(state["history"]))
+    if progress:
+        print(f"pretrain: {train_result.steps} steps on {dist_cfg.workers} workers, "
+              f"{train_result.images_per_sec:.0f} images/s", flush=True)
+    return DistributedRun(train_result, state["method"], steps)
+
