@@ -47,6 +47,16 @@ class IngestParams(Section):
     limit_train: int | None = Field(None, ge=10)  # keep a stratified sample of this many train images
     limit_test: int | None = Field(None, ge=10)
     seed: int = 0
+    # image folders: undecodable files stop ingest, naming the file (stop), or are left out and
+    # listed in the validation report (skip)
+    on_bad_file: Literal["stop", "skip"] = "stop"
+    workers: int | None = Field(None, ge=1)  # decoding processes; None: the CPU count
+    # images are stored as shards of about this size: the unit of parallel decoding, of DVC's
+    # per-file cache, and of what a reader holds at once (Fashion-MNIST: 10.7k images a shard)
+    shard_mb: float = Field(8, gt=0)
+    # a split up to this size is read into RAM at once (the fastest path: Fashion-MNIST's 60k
+    # train images are 47 MB); a larger one is streamed from the shards a batch at a time
+    in_memory_max_mb: float = Field(1024, ge=0)
 
 
 # ------------------------------------------------------------------------------------- validate
@@ -236,6 +246,24 @@ class TuneParams(Section):
     }
     batch_size: int = Field(128, ge=2)
     seed: int = 0  # seeds the search (every trial's config) and every trial's training
+    # where Tune keeps its experiment state (Tune's RunConfig.storage_path): null is .sslpipe/ray in
+    # the project, on the driver's machine -- enough on a cluster too, since trials save no
+    # checkpoints and Ray writes results from the driver; a shared dir or URI (s3://...) otherwise
+    storage_path: str | None = None
+    # custom resources every trial also asks for, to place trials on labeled nodes
+    # (`ray start --resources '{"node2": 1}'` -> {node2: 1}); CPUs and GPUs: *_per_trial
+    resources_per_trial: dict[str, float] = {}
+
+    @field_validator("resources_per_trial")
+    @classmethod
+    def _custom_resources(cls, v: dict[str, float]) -> dict[str, float]:
+        for key, amount in v.items():
+            if key.lower() in ("cpu", "gpu"):
+                raise ValueError(f"resources_per_trial.{key}: set tune.{key.lower()}s_per_trial instead; "
+                                 f"resources_per_trial holds custom resources (node labels)")
+            if amount < 0:
+                raise ValueError(f"resources_per_trial.{key}: {amount} is negative")
+        return v
 
 
 # ------------------------------------------------------------------------------------- finetune

@@ -1,4 +1,11 @@
-"""The dataset on disk, as the stages after ingest read it."""
+"""The dataset on disk, as the stages after ingest read it.
+
+``data/dataset/shards/`` holds the images as ``.npy`` shards (``ssl_models.data.shards``),
+``metadata.parquet`` one row per image, ``info.json`` the classes, counts and content version.
+A split small enough (``ingest.in_memory_max_mb``) is read into RAM, the fastest path; a larger
+one is a ``ShardedImages`` pool that reads the rows each batch needs, so memory does not grow
+with the number of images.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +16,11 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ssl_models.data.shards import ShardedImages, ShardReader
 from tasks import paths
 from tasks.io import read_json
+
+SHARDS = paths.SHARDS.relative_to(paths.DATASET_DIR)  # the images' directory inside a dataset directory
 
 
 class DatasetError(RuntimeError):
@@ -19,26 +29,36 @@ class DatasetError(RuntimeError):
 
 @dataclass
 class Dataset:
-    """``images`` (N, C, H, W) uint8 (memory-mapped), ``meta`` one row per image (id, index,
-    split, label with -1 for unlabeled, sha1, source), ``classes`` the label names."""
+    """``images`` every image (N, C, H, W) uint8, read from the shards on demand; ``meta`` one row
+    per image (id, index, split, label with -1 for unlabeled, sha1, source), ``classes`` the label
+    names; a split up to ``in_memory_max_mb`` is loaded into RAM by ``split``."""
 
-    images: np.ndarray
+    images: ShardedImages
     meta: pd.DataFrame
     classes: list[str]
     version: str
+    in_memory_max_mb: float = 1024.0
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
 
-    def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """(images uint8 (n, C, H, W), labels int64 (n,), -1 where unlabeled) of one split."""
+    def split(self, name: str) -> tuple[torch.Tensor | ShardedImages, torch.Tensor]:
+        """(images uint8 (n, C, H, W), labels int64 (n,), -1 where unlabeled) of one split.
+
+        The images are a tensor when they fit in ``in_memory_max_mb``, else a ``ShardedImages``
+        pool (``pool[idx]`` reads a batch): callers that need a tensor of all of them should
+        iterate ``pool.split(n)`` instead.
+        """
         rows = self.meta[self.meta["split"] == name]
-        return self.take(rows["index"].to_numpy())
+        pool = self.images.subset(rows["index"].to_numpy())
+        labels = torch.from_numpy(rows["label"].fillna(-1).to_numpy(dtype=np.int64))
+        return (pool.load() if pool.nbytes <= self.in_memory_max_mb * 2**20 else pool), labels
 
     def take(self, index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """(images, labels) of the images at ``index``, in memory: for subsets known to be small."""
         labels = self.meta.set_index("index").loc[index, "label"].fillna(-1).to_numpy(dtype=np.int64)
-        return torch.from_numpy(np.ascontiguousarray(self.images[index])), torch.from_numpy(labels)
+        return self.images.subset(index).load(), torch.from_numpy(labels)
 
     def labeled_subset(self, fraction: float, seed: int) -> np.ndarray:
         """Image indices of a stratified, seeded ``fraction`` of the labeled train images (at least
@@ -68,14 +88,17 @@ def stratified_pick(labels: np.ndarray, fraction: float, rng: np.random.Generato
     return np.sort(np.concatenate(chosen)) if chosen else np.array([], dtype=np.int64)
 
 
-def load_dataset(directory: Path = paths.DATASET_DIR, require_validation: bool = True) -> Dataset:
-    """Open the dataset written by ingest.
+def load_dataset(directory: Path = paths.DATASET_DIR, require_validation: bool = True,
+                 in_memory_max_mb: float | None = None) -> Dataset:
+    """Open the dataset written by ingest (reading no image yet).
 
     Args:
         require_validation: refuse unless ``reports/validation.json`` says it passed, so that no
             stage after validate ever trains on data that failed validation.
+        in_memory_max_mb: the largest split ``split`` loads into RAM; default: ``ingest``'s
+            setting, which the dataset records.
     """
-    if not (directory / "images.npy").exists():
+    if not (directory / "info.json").exists() or not (directory / SHARDS).is_dir():
         raise DatasetError(f"{directory}: no dataset; run `sslpipe stage ingest` (or `dvc repro ingest`) first")
     info = read_json(directory / "info.json")
     if require_validation:
@@ -87,6 +110,12 @@ def load_dataset(directory: Path = paths.DATASET_DIR, require_validation: bool =
                 f"{paths.VALIDATION}: the dataset (version {info['version']}) has not passed validation; "
                 f"see {paths.VALIDATION_SUMMARY} and fix the data"
             )
-    images = np.load(directory / "images.npy", mmap_mode="r")
+    images = ShardedImages(open_images(directory))
     meta = pd.read_parquet(directory / "metadata.parquet")
-    return Dataset(images, meta, list(info["classes"]), info["version"])
+    limit = in_memory_max_mb if in_memory_max_mb is not None else info.get("in_memory_max_mb", 1024.0)
+    return Dataset(images, meta, list(info["classes"]), info["version"], float(limit))
+
+
+def open_images(directory: Path = paths.DATASET_DIR) -> ShardReader:
+    """Every image of the dataset in ``directory`` as one array-like (numpy level, any dtype)."""
+    return ShardReader.open(Path(directory) / SHARDS)

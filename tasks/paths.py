@@ -6,7 +6,7 @@ from pathlib import Path
 
 SOURCES = Path("data/sources.json")  # the manifest of the files ingest reads (path, size, mtime)
 DATASET_DIR = Path("data/dataset")
-IMAGES = DATASET_DIR / "images.npy"  # uint8 (N, C, H, W)
+SHARDS = DATASET_DIR / "shards"  # the images: .npy shards, uint8 (n, C, H, W) each, in name order
 METADATA = DATASET_DIR / "metadata.parquet"  # one row per image
 DATASET_INFO = DATASET_DIR / "info.json"  # classes, counts, content version
 

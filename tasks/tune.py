@@ -12,7 +12,9 @@ highest last-epoch validation top-1, ties to the earlier trial. Same params and 
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -34,10 +36,13 @@ class TuneResult:
 
 
 def _trial(config: dict[str, Any], data: dict[str, Any]) -> None:
-    """One Ray Tune trial: train ``config["arm"]`` with ``config`` and report val top-1 each epoch.
-    Everything it reads comes through Ray's object store (``data``), no driver-local file."""
+    """One Ray Tune trial: train ``config["arm"]`` with ``config`` and report val top-1 each epoch,
+    and the id of the Ray node it ran on. Everything it reads comes through Ray's object store
+    (``data``), no driver-local file: a trial may run on another machine of the cluster."""
+    import ray
     from ray import tune
 
+    node_id = ray.get_runtime_context().get_node_id()
     torch.set_num_threads(max(1, int(data["threads"])))
     arm = config["arm"]
     finetune_cfg = FinetuneParams.model_validate(data["finetune"])
@@ -49,7 +54,8 @@ def _trial(config: dict[str, Any], data: dict[str, Any]) -> None:
         teacher.load_state_dict(data["teachers"][ARMS[arm].teacher])
     train_arm(arm, model, data["x_train"], data["y_train"], data["pool"], train_cfg, teacher=teacher,
               val=(data["x_val"], data["y_val"]),
-              on_epoch=lambda epoch, m: tune.report({METRIC: m[METRIC], "train_loss": m["train_loss"], "epoch": epoch}))
+              on_epoch=lambda epoch, m: tune.report({METRIC: m[METRIC], "train_loss": m["train_loss"], "epoch": epoch,
+                                                     "node_id": node_id}))
 
 
 def search_space(cfg: TuneParams, arm: str) -> dict[str, Any]:
@@ -63,6 +69,44 @@ def search_space(cfg: TuneParams, arm: str) -> dict[str, Any]:
         "epochs": tune.choice(cfg.epochs),
         "encoder_lr_scale": tune.choice(s.encoder_lr_scale),
     }
+
+
+def storage_path(cfg: TuneParams) -> str:
+    """Where Tune keeps its experiment state: ``tune.storage_path`` as given when it is a URI
+    (``s3://...``), else an absolute local path (relative ones from the project root); by default
+    ``.sslpipe/ray``. A driver-local path serves a cluster too: trials save no checkpoint and
+    sync no artifact, and the driver writes every trial's results."""
+    if cfg.storage_path is None:
+        return str(paths.RAY_RESULTS.resolve())
+    if "://" in cfg.storage_path:
+        return cfg.storage_path
+    return str(Path(cfg.storage_path).expanduser().resolve())
+
+
+def trial_resources(cfg: TuneParams) -> dict[str, float]:
+    """What one trial asks Ray for: its CPUs and GPUs, plus ``tune.resources_per_trial``'s
+    custom resources (node labels) that place it."""
+    return {"cpu": cfg.cpus_per_trial, "gpu": cfg.gpus_per_trial, **cfg.resources_per_trial}
+
+
+def _check_placement(cfg: TuneParams, local: bool) -> None:
+    """Say so before searching when no live node can hold a trial (Tune would wait for one
+    forever): an error on a local Ray, which no node will join; a warning on a cluster, where an
+    autoscaler may still add one."""
+    import ray
+
+    wanted = {"CPU": cfg.cpus_per_trial, "GPU": cfg.gpus_per_trial, **cfg.resources_per_trial}
+    nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
+    if any(all(node.get(k, 0) >= v for k, v in wanted.items() if v) for node in nodes):
+        return
+    have = "; ".join(", ".join(f"{k}={v:g}" for k, v in sorted(node.items()) if "node:" not in k) for node in nodes)
+    msg = (f"no Ray node can hold a tune trial, which asks for {trial_resources(cfg)} "
+           f"(tune.cpus_per_trial, tune.gpus_per_trial, tune.resources_per_trial); the nodes have: {have}")
+    if local:
+        raise ValueError(f"{msg}. Custom resources are node labels of a cluster: set RAY_ADDRESS to a cluster "
+                         f"whose nodes were started with them (`ray start --resources`), or set "
+                         f"tune.resources_per_trial={{}}")
+    print(f"warning: {msg}; trials wait until such a node joins", file=sys.stderr, flush=True)
 
 
 def _init_ray(cfg: TuneParams) -> bool:
@@ -117,9 +161,7 @@ def tune_arm(cfg: TuneParams, arm: str, data: dict[str, Any], parent_run_id: str
             tags={"mlflow.parentRunId": parent_run_id, "sslpipe.stage": "tune-trial", "sslpipe.arm": arm},
             save_artifact=False,
         ))
-    trainable = tune.with_resources(
-        tune.with_parameters(_trial, data=data), {"cpu": cfg.cpus_per_trial, "gpu": cfg.gpus_per_trial}
-    )
+    trainable = tune.with_resources(tune.with_parameters(_trial, data=data), trial_resources(cfg))
     tuner = tune.Tuner(
         trainable,
         param_space=search_space(cfg, arm),
@@ -132,7 +174,7 @@ def tune_arm(cfg: TuneParams, arm: str, data: dict[str, Any], parent_run_id: str
             scheduler=FIFOScheduler(),
             reuse_actors=True,  # a trial re-seeds everything it uses: a warm process, not a new torch import
         ),
-        run_config=tune.RunConfig(name=f"tune-{arm}", storage_path=str(paths.RAY_RESULTS.resolve()),
+        run_config=tune.RunConfig(name=f"tune-{arm}", storage_path=storage_path(cfg),
                                   callbacks=callbacks, verbose=0),
     )
     return tuner.fit()
@@ -140,13 +182,13 @@ def tune_arm(cfg: TuneParams, arm: str, data: dict[str, Any], parent_run_id: str
 
 def best_of(results: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The best configuration (highest last-epoch val top-1; ties: the earlier trial) and every
-    trial's row, in trial order."""
+    trial's row, in trial order, with the id of the Ray node the trial ran on."""
     rows = []
     for r in sorted(results, key=lambda r: r.path):  # trial names carry their order: ..._00000, _00001
         if r.error or not r.metrics or METRIC not in r.metrics:
             continue
         rows.append({**{k: r.config[k] for k in TUNED_KEYS}, "arm": r.config["arm"], METRIC: float(r.metrics[METRIC]),
-                     "epochs_run": int(r.metrics.get("training_iteration", 0))})
+                     "epochs_run": int(r.metrics.get("training_iteration", 0)), "node_id": r.metrics.get("node_id")})
     if not rows:
         raise RuntimeError(f"every {results[0].config['arm'] if len(results) else ''} trial failed; "
                            f"first error: {next((r.error for r in results if r.error), None)}")
@@ -188,6 +230,7 @@ def tune_stage(cfg: TuneParams, finetune_cfg: FinetuneParams, progress: bool = T
     started = _init_ray(cfg)
     best, table = {}, []
     try:
+        _check_placement(cfg, local=started and not os.environ.get("RAY_ADDRESS"))
         for arm in finetune_cfg.arms:  # teachers first
             if progress:
                 print(f"tune {arm}: {cfg.num_samples} trials, at most {cfg.max_concurrent_trials} at once", flush=True)
@@ -196,7 +239,7 @@ def tune_stage(cfg: TuneParams, finetune_cfg: FinetuneParams, progress: bool = T
             if any(ARMS[a].teacher == arm for a in finetune_cfg.arms):
                 data["teachers"][arm] = _teacher_state(arm, best[arm], data, finetune_cfg)
     finally:
-        if started and not os.environ.get("RAY_ADDRESS"):
+        if started:  # a local Ray stops; on a cluster this driver only disconnects, the cluster runs on
             ray.shutdown()
     write_json(paths.BEST_CONFIG, {**best, "label_fraction": cfg.label_fraction,
                                    "num_train": len(train_idx), "num_val": len(val_idx)})

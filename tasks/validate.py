@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import pandera.pandas as pa
 
+from ssl_models.data.shards import ShardReader
 from tasks import duplicates, paths
 from tasks.config import ValidateParams
 from tasks.io import read_json, write_json, write_text
@@ -130,7 +131,7 @@ def run_checks(directory: Path, cfg: ValidateParams) -> tuple[list[CheckResult],
     results: list[CheckResult] = []
     info = read_json(directory / "info.json")
     meta = pd.read_parquet(directory / "metadata.parquet")
-    images = np.load(directory / "images.npy", mmap_mode="r")
+    images = ShardReader.open(directory / paths.SHARDS.relative_to(paths.DATASET_DIR))  # read in chunks
     classes = list(info["classes"])
     keep = ["id", "index", "split", "label", "source"]
 
@@ -138,12 +139,12 @@ def run_checks(directory: Path, cfg: ValidateParams) -> tuple[list[CheckResult],
     shape_ok = images.ndim == 4 and images.shape[0] == len(meta)
     results.append(CheckResult(
         "images.shape", shape_ok, 0 if shape_ok else 1,
-        "" if shape_ok else f"images.npy has shape {images.shape}; expected (N={len(meta)}, C, H, W) "
+        "" if shape_ok else f"the image shards hold {images.shape}; expected (N={len(meta)}, C, H, W) "
                             "with one metadata row per image",
     ))
     dtype_ok = images.dtype in (np.uint8, np.float32, np.float64)
     results.append(CheckResult("images.dtype", dtype_ok, 0 if dtype_ok else 1,
-                               "" if dtype_ok else f"images.npy has dtype {images.dtype}; expected uint8 (or float in [0, 1])"))
+                               "" if dtype_ok else f"the image shards hold {images.dtype}; expected uint8 (or float in [0, 1])"))
     if not shape_ok:
         return results, {"num_images": int(images.shape[0]) if images.ndim else 0}
     expected_shape = tuple(info.get("image_shape") or images.shape[1:])
@@ -151,6 +152,7 @@ def run_checks(directory: Path, cfg: ValidateParams) -> tuple[list[CheckResult],
         results.append(CheckResult("images.image_shape", False, 1,
                                    f"images are {images.shape[1:]} but info.json says {expected_shape}"))
 
+    results.append(_skipped_files(info))
     results += _schema_check("metadata", metadata_schema(len(images), len(classes), tuple(images.shape[1:])),
                              meta, keep, cfg.max_examples)
     results.append(_split_shapes(meta, cfg.max_examples))
@@ -208,6 +210,15 @@ def _split_shapes(meta: pd.DataFrame, max_examples: int) -> CheckResult:
     examples = _records(meta.drop_duplicates(["split"] + cols)[["id", "split"] + cols + (["source"] if "source" in meta else [])]
                         .head(max_examples))
     return CheckResult("splits.shape", False, len(parts), " but ".join(parts), examples)
+
+
+def _skipped_files(info: dict[str, Any]) -> CheckResult:
+    """The files ingest left out as undecodable (``ingest.on_bad_file: skip``): a warning listing
+    every one of them, so that none goes missing unnoticed."""
+    skipped = info.get("skipped") or []
+    return CheckResult("sources.skipped", True, len(skipped),
+                       f"{len(skipped)} undecodable image files left out by ingest (ingest.on_bad_file: skip); "
+                       "all are listed below" if skipped else "", list(skipped) or None)
 
 
 def _degenerate(stats: pd.DataFrame, max_value: float, cfg: ValidateParams) -> CheckResult:

@@ -57,4 +57,4 @@ def test_ctrl_c_mid_tune_leaves_no_process(tmp_path: Path) -> None:
     left = [p for p in seen if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert not left, [" ".join(p.cmdline())[:200] for p in left]
     assert "interrupted" in output.strip().splitlines()[-1] and "Traceback" not in output, output[-3000:]
-    assert (project / "data" / "dataset" / "images.npy").exists()  # the stages before tune keep their outputs
+    assert (project / "data" / "dataset" / "metadata.parquet").exists()  # the stages before tune keep their outputs

@@ -20,7 +20,7 @@ from tests.flows.conftest import SMOKE_MODEL, prefect_client, project_env, serve
 pytestmark = pytest.mark.e2e
 
 FLOW_LOG = {"PREFECT_LOGGING_LEVEL": "INFO"}  # the flow's "inputs unchanged" lines are INFO
-OUTPUTS = ["data/sources.json", "data/dataset/images.npy", "models/encoder.pt", "models/tune/best.json", "reports/metrics.json"]
+OUTPUTS = ["data/sources.json", "data/dataset/metadata.parquet", "models/encoder.pt", "models/tune/best.json", "reports/metrics.json"]
 
 
 def ran_stages(output: str) -> list[str]:

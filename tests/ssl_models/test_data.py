@@ -1,15 +1,23 @@
-"""Data readers: IDX files (plain and gzip), Fashion-MNIST's four files, image folders; every
+"""Data readers: IDX files (plain and gzip), Fashion-MNIST's four files, image folders (EXIF
+orientation, aspect ratio), image shards read a batch at a time in bounded memory; every
 unreadable input is a DataError naming the file."""
 
 from __future__ import annotations
 
 import gzip
+import os
+import pickle
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from PIL import Image
 
 from ssl_models.data import DataError, FASHION_MNIST_FILES, read_fashion_mnist, read_idx, read_image_folder
+from ssl_models.data.image_folder import load_image
+from ssl_models.data.shards import ShardedImages, ShardReader, shard_files, write_shards
 from tests.fixtures import idx_bytes, write_fashion_mnist, write_idx, write_image_folder, write_png
 
 
@@ -214,3 +222,125 @@ def test_read_image_folder_errors(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="no images") as e:
         read_image_folder(tmp_path / "empty", image_size=8, channels=1)
     assert str(tmp_path / "empty") in str(e.value)
+
+
+# ------------------------------------------------------------------ decoding real-world photos
+RED, BLUE, GREEN = (255, 0, 0), (0, 0, 255), (0, 160, 0)
+
+
+def test_load_image_applies_the_exif_orientation(tmp_path: Path) -> None:
+    # stored 20 wide x 10 high, left half red, right half blue; EXIF 6: "rotate 90 degrees clockwise
+    # to display", so the photo is 10 wide x 20 high with red on top
+    stored = np.zeros((10, 20, 3), dtype=np.uint8)
+    stored[:, :10], stored[:, 10:] = RED, BLUE
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation
+    path = tmp_path / "sideways.png"
+    Image.fromarray(stored).save(path, exif=exif)
+    image = load_image(path, 8, 3)  # (3, 8, 8): the centre square of the upright photo
+    np.testing.assert_array_equal(image[:, 0, 4], RED)
+    np.testing.assert_array_equal(image[:, 7, 4], BLUE)
+
+    Image.fromarray(stored).save(path)  # without the tag: the centre square is red left, blue right
+    image = load_image(path, 8, 3)
+    np.testing.assert_array_equal(image[:, 4, 0], RED)
+    np.testing.assert_array_equal(image[:, 4, 7], BLUE)
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg"])
+def test_load_image_resizes_the_short_side_and_crops_the_centre(tmp_path: Path, suffix: str) -> None:
+    # 200 wide x 100 high: black | green square | white. Kept aspect ratio: all green. Stretched, the
+    # black and white bands would show at the sides.
+    photo = np.zeros((100, 200, 3), dtype=np.uint8)
+    photo[:, 50:150], photo[:, 150:] = GREEN, 255
+    path = tmp_path / f"wide{suffix}"
+    Image.fromarray(photo).save(path, **({"quality": 95} if suffix == ".jpg" else {}))
+    inner = 0 if suffix == ".png" else 24  # JPEG's own loss; the outer columns also ring at the edges
+    tall = tmp_path / f"tall{suffix}"
+    Image.fromarray(np.ascontiguousarray(photo.transpose(1, 0, 2))).save(tall)  # 100 wide x 200 high
+    for image, across in ((load_image(path, 16, 3), 2), (load_image(tall, 16, 3), 1)):
+        assert image.shape == (3, 16, 16)
+        error = np.abs(image.astype(int) - np.array(GREEN)[:, None, None])
+        assert error.max() < 100  # stretched, the outer quarters would be black (160 off) and white
+        assert np.delete(error, [0, 15], axis=across).max() <= inner
+
+
+# ---------------------------------------------------------------------------------- shards
+def _shards(tmp_path: Path, n: int = 50, rows: int = 8, shape: tuple[int, ...] = (2, 3, 3)) -> tuple[np.ndarray, Path]:
+    images = np.random.default_rng(0).integers(0, 256, size=(n, *shape), dtype=np.uint8)
+    write_shards(tmp_path / "shards", images, rows)
+    return images, tmp_path / "shards"
+
+
+def test_shard_reader_returns_the_rows_asked_for(tmp_path: Path) -> None:
+    images, directory = _shards(tmp_path)
+    reader = ShardReader.open(directory)
+    assert len(shard_files(directory)) == 7 and reader.shape == images.shape and reader.dtype == np.uint8
+    rng = np.random.default_rng(1)
+    for rows in (rng.integers(0, 50, 40), np.arange(50), np.array([7, 8, 9, 8, 7, 49, 0, 0]),  # across shards, repeats
+                 np.array([-1, -50]), np.array([], dtype=np.int64)):
+        np.testing.assert_array_equal(reader[rows], images[rows])
+    np.testing.assert_array_equal(reader[5:23], images[5:23])
+    np.testing.assert_array_equal(reader[::-3], images[::-3])
+    np.testing.assert_array_equal(reader[13], images[13])
+    with pytest.raises(IndexError, match="50 out of range"):
+        reader[np.array([3, 50])]
+
+
+def test_sharded_images_index_like_a_tensor(tmp_path: Path) -> None:
+    images, directory = _shards(tmp_path)
+    tensor = torch.from_numpy(images)
+    rows = np.arange(3, 45)
+    pool = ShardedImages(ShardReader.open(directory)).subset(rows)  # a split: a view of some rows
+    view = tensor[torch.from_numpy(rows)]
+    assert pool.shape == view.shape and len(pool) == len(view)
+    idx = torch.randint(0, len(view), (30,), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(pool[idx], view[idx])
+    mask = torch.arange(len(view)) % 3 == 0
+    assert torch.equal(pool[mask], view[mask])
+    assert torch.equal(pool[4:11], view[4:11]) and torch.equal(pool[-1], view[-1])
+    assert all(torch.equal(a, b) for a, b in zip(pool.split(16), view.split(16), strict=True))
+    assert torch.equal(pool.load(), view)
+    again = pickle.loads(pickle.dumps(pool))  # sent to another process as paths and row numbers
+    assert torch.equal(again[idx], view[idx])
+
+
+def test_a_truncated_shard_is_named(tmp_path: Path) -> None:
+    _, directory = _shards(tmp_path)
+    shard = shard_files(directory)[2]
+    shard.write_bytes(shard.read_bytes()[:-5])
+    reader = ShardReader.open(directory)
+    with pytest.raises(DataError, match=str(shard)):
+        reader[np.arange(50)]
+
+
+def _rss_bytes() -> int:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_reading_a_pool_holds_a_batch_not_the_pool(tmp_path: Path) -> None:
+    """A 48 MiB pool read in random batches of 256, then in chunks, as training and feature
+    extraction read it: Python allocates about a batch at a time, and the resident memory does not
+    grow towards the pool's size (the bytes stay in the page cache, outside the process)."""
+    n, shape = 12 * 1024, (1, 64, 64)  # 4 KiB images
+    block = np.random.default_rng(0).integers(0, 256, size=(1024, *shape), dtype=np.uint8)
+    for k in range(n // 1024):  # 12 shards of 4 MiB, written without holding the pool
+        write_shards(tmp_path / "shards", block, rows=1024, first=k)
+    pool = ShardedImages(ShardReader.open(tmp_path / "shards"))
+    assert pool.nbytes == 48 * 2**20
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(0))
+    total = 0
+    rss_before = _rss_bytes()
+    tracemalloc.start()
+    try:
+        for batch in order.split(256):
+            total += int(pool[batch][:, 0, 0, 0].sum())
+        for chunk in pool.split(256):
+            total += int(chunk[:, 0, 0, 0].sum())
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    rss_growth = _rss_bytes() - rss_before
+    assert total == 2 * 12 * int(block[:, 0, 0, 0].sum())  # every image was read, twice
+    assert peak < 4 * 2**20, f"{peak / 2**20:.1f} MiB allocated at once reading a 48 MiB pool"
+    assert rss_growth < 12 * 2**20, f"resident memory grew {rss_growth / 2**20:.1f} MiB reading a 48 MiB pool"

@@ -16,7 +16,7 @@ import torch
 from ssl_models.data import DataError
 from tasks import paths
 from tasks.config import EvaluateParams, FinetuneParams, ImageFolderParams, IngestParams, ValidateParams
-from tasks.dataset import DatasetError, load_dataset
+from tasks.dataset import DatasetError, load_dataset, open_images
 from tasks.ingest import ingest
 from tasks.io import read_json
 from tasks.models import build_encoder, load_classifier, load_encoder
@@ -26,7 +26,7 @@ from tests.tasks.conftest import N_TEST, N_TRAIN, SIDE, ingest_params, tiny_pret
 
 
 def dataset_bytes(directory: Path = paths.DATASET_DIR) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
+    return {p.relative_to(directory).as_posix(): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
 
 
 # ------------------------------------------------------------------------------------- ingest
@@ -34,7 +34,7 @@ def test_ingest_fashion_mnist(project: Path, fashion_dir: Path) -> None:
     result = ingest(ingest_params(fashion_dir))
     assert (result.num_train, result.num_test, result.num_labeled_train) == (N_TRAIN, N_TEST, N_TRAIN)
     assert result.image_shape == [1, SIDE, SIDE] and len(result.classes) == 10
-    images = np.load(paths.IMAGES)
+    images = open_images()[:]
     meta = pd.read_parquet(paths.METADATA)
     info = read_json(paths.DATASET_INFO)
     assert images.shape == (N_TRAIN + N_TEST, 1, SIDE, SIDE) and images.dtype == np.uint8
@@ -62,7 +62,7 @@ def test_ingest_limit_is_stratified(project: Path, fashion_dir: Path) -> None:
     meta = pd.read_parquet(paths.METADATA)
     train_counts = meta.loc[meta["split"] == "train", "label"].value_counts()
     assert set(train_counts) == {5}  # 5 of each of the 10 classes
-    assert len(np.load(paths.IMAGES)) == 70
+    assert len(open_images()) == 70
     other = ingest(ingest_params(fashion_dir, limit_train=50, limit_test=20, seed=1))
     assert other.version != result.version  # another sample
 

@@ -13,9 +13,10 @@ import pandas as pd
 import pytest
 
 from ssl_models.data import FASHION_MNIST_FILES, DataError
+from ssl_models.data.shards import write_shards
 from tasks import paths
 from tasks.config import ValidateParams
-from tasks.dataset import DatasetError, load_dataset
+from tasks.dataset import DatasetError, load_dataset, open_images
 from tasks.duplicates import signatures
 from tasks.ingest import dataset_version, ingest
 from tasks.io import read_json, write_json
@@ -26,7 +27,7 @@ from tests.tasks.test_duplicates import blob_images, jpeg, pixels_changed, resiz
 
 
 def _images() -> np.ndarray:
-    return np.load(paths.IMAGES)
+    return open_images()[:]
 
 
 def _meta() -> pd.DataFrame:
@@ -34,8 +35,9 @@ def _meta() -> pd.DataFrame:
 
 
 def _save_images(images: np.ndarray) -> None:
-    paths.IMAGES.unlink()  # the old file is read-only-ish memory-mapped elsewhere; replace it
-    np.save(paths.IMAGES, images)
+    """Replace the dataset's shards by ``images`` in shards of 64 rows (several, as ingest writes)."""
+    shutil.rmtree(paths.SHARDS)
+    write_shards(paths.SHARDS, images, rows=64)
 
 
 def _save_meta(meta: pd.DataFrame) -> None:

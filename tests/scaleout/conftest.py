@@ -1,0 +1,165 @@
+"""A real two-node Ray cluster on loopback, for tests of what runs across machines.
+
+``ray_cluster`` starts a head (``--resources '{"head": 1}'``) and a second node
+(``--resources '{"node2": 1}'``) with ``ray start``, one CPU each, each from a working directory and
+a ``--temp-dir`` of its own, with token authentication on (a token of the fixture's own). It yields a
+``RayCluster``: the address, the environment a driver needs, each node's id. Teardown stops exactly
+this cluster's processes -- every process in the sessions its two ``ray start`` commands opened --
+never a bare ``ray stop``, which would end every Ray instance of the machine (other tests' too,
+under pytest-xdist), and fails if one survives.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.conftest import VENV_BIN, subprocess_env
+from tests.tasks.conftest import fashion_dir, pretrained_template  # noqa: F401 (fixtures, reused)
+
+LABELS = ("head", "node2")  # each node's custom resource, which names it
+START_TIMEOUT_S = 240  # `ray start` took ~40 s on 2 busy cores; a join waits for the head's GCS
+
+# Asks the cluster at RAY_ADDRESS for its live nodes until both labeled ones are up; prints their ids.
+_PROBE = """
+import json, time, ray
+ray.init(log_to_driver=False, configure_logging=False)
+deadline = time.monotonic() + 120
+while True:
+    ids = {label: n["NodeID"] for n in ray.nodes() if n["Alive"] for label in %r if label in n["Resources"]}
+    if len(ids) == %d or time.monotonic() > deadline:
+        break
+    time.sleep(0.5)
+print(json.dumps(ids))
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class RayCluster:
+    """A running two-node cluster: what a test needs to use it and the fixture needs to stop it."""
+
+    address: str  # the GCS address, as `ray start --address` and RAY_ADDRESS take it
+    env: dict[str, str]  # what a driver (`sslpipe`, a Ray script) needs: RAY_ADDRESS and the auth token
+    root: Path  # the nodes' working and temp dirs
+    node_ids: dict[str, str] = field(default_factory=dict)  # "head" / "node2" -> Ray node id
+    sessions: list[int] = field(default_factory=list)  # the session ids of the nodes' processes
+
+    def processes(self) -> list[psutil.Process]:
+        """Every live process of this cluster (raylets, GCS, agents, workers): those in the
+        sessions its `ray start` commands opened; Ray's processes never leave their session."""
+        found = []
+        for proc in psutil.process_iter():
+            try:
+                if os.getsid(proc.pid) in self.sessions and proc.status() != psutil.STATUS_ZOMBIE:
+                    found.append(proc)
+            except (ProcessLookupError, psutil.Error):
+                pass
+        return found
+
+    def driver_env(self, **extra: str) -> dict[str, str]:
+        """The environment for a driver process (``sslpipe``, python) that uses this cluster."""
+        return subprocess_env(**self.env, **extra)
+
+
+def _ray_start(cluster: RayCluster, label: str, *args: str) -> None:
+    """``ray start`` one node, labeled ``label``, in a session of its own (its daemons stay in it)."""
+    cwd, temp = cluster.root / f"{label}-cwd", cluster.root / label
+    cwd.mkdir()
+    cmd = [str(VENV_BIN / "ray"), "start", *args, "--node-ip-address", "127.0.0.1", "--num-cpus", "1",
+           "--resources", json.dumps({label: 1}), "--temp-dir", str(temp), "--disable-usage-stats",
+           "--dashboard-agent-listen-port", str(free_port()), "--runtime-env-agent-port", str(free_port()),
+           "--metrics-export-port", str(free_port())]
+    proc = subprocess.Popen(cmd, cwd=cwd, env=subprocess_env(**cluster.env), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    cluster.sessions.append(proc.pid)
+    try:
+        out, _ = proc.communicate(timeout=START_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+    assert proc.returncode == 0, f"ray start ({label}) failed ({proc.returncode}):\n{out[-4000:]}"
+
+
+def _node_ids(cluster: RayCluster) -> dict[str, str]:
+    probe = subprocess.run([str(VENV_BIN / "python"), "-c", _PROBE % (LABELS, len(LABELS))], cwd=cluster.root,
+                           env=cluster.driver_env(), capture_output=True, text=True, timeout=240)
+    assert probe.returncode == 0, f"the cluster did not answer:\n{probe.stderr[-4000:]}"
+    return json.loads(probe.stdout.strip().splitlines()[-1])
+
+
+def stop_cluster(cluster: RayCluster, grace_s: float = 15) -> list[psutil.Process]:
+    """Stop this cluster as `ray stop` would, but only its processes: raylets first (their agents
+    and workers follow them), then the rest; SIGKILL for what outlives ``grace_s``. Returns the
+    processes still alive afterwards (none, unless something is wrong)."""
+    procs = cluster.processes()
+    raylets = [p for p in procs if "raylet" in _name(p)]
+    for batch in (raylets, [p for p in procs if p not in raylets]):
+        for p in batch:
+            _signal(p, signal.SIGTERM)
+        _, alive = psutil.wait_procs(batch, timeout=grace_s)
+        for p in alive:
+            _signal(p, signal.SIGKILL)
+        psutil.wait_procs(alive, timeout=5)
+    return cluster.processes()
+
+
+def _name(proc: psutil.Process) -> str:
+    try:
+        return " ".join(proc.cmdline()[:1]) or proc.name()
+    except psutil.Error:
+        return ""
+
+
+def _signal(proc: psutil.Process, sig: int) -> None:
+    try:
+        proc.send_signal(sig)
+    except psutil.Error:
+        pass
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[RayCluster]:
+    """A head and a second node on 127.0.0.1, both alive; stopped (every process) at the end."""
+    # short: Ray's Unix sockets live under the temp dir, and a socket path has at most 107 bytes
+    root = Path(tempfile.mkdtemp(prefix="sslray-", dir="/tmp"))
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    env = {"RAY_ADDRESS": address, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
+           "RAY_USAGE_STATS_ENABLED": "0"}
+    cluster = RayCluster(address=address, env=env, root=root)
+    try:
+        _ray_start(cluster, "head", "--head", "--port", str(port), "--include-dashboard", "false",
+                   "--dashboard-port", str(free_port()))
+        _ray_start(cluster, "node2", "--address", address)
+        cluster.node_ids = _node_ids(cluster)
+        assert set(cluster.node_ids) == set(LABELS), f"live labeled nodes: {cluster.node_ids}"
+        yield cluster
+    finally:
+        left = stop_cluster(cluster)
+        shutil.rmtree(root, ignore_errors=True)
+        assert not left, f"processes of the Ray cluster survived its teardown: {[(p.pid, _name(p)) for p in left]}"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under pytest-xdist, every test on the cluster runs in one worker, which starts it once."""
+    for item in items:
+        if "ray_cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("ray_cluster"))

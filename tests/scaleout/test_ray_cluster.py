@@ -1,0 +1,50 @@
+"""The tune stage on a real two-node Ray cluster (tests/scaleout/conftest.py): trials placed by a
+custom resource run on the node that carries it, reading nothing but what the object store
+brought them, and the stage leaves the cluster running."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, VENV_BIN
+
+# a tiny search: one arm, 2 trials of 1 epoch on 100 labels
+TUNE_SETTINGS = ["tune.label_fraction=0.5", "tune.num_samples=2", "tune.epochs=[1]", "tune.batch_size=16",
+                 "tune.max_concurrent_trials=2", "finetune.arms=[ssl_finetune]", "finetune.batch_size=16"]
+
+
+def tune_project(root: Path, template: Path, settings: list[str]) -> Path:
+    """A pretrained project (data, encoder) with the repo's params.yaml plus ``settings``."""
+    from tasks.run_setup import write_params_yaml
+
+    shutil.copytree(template, root, ignore=shutil.ignore_patterns("mlflow.db", "mlruns", ".sslpipe"))
+    shutil.copy2(REPO / "dvc.yaml", root / "dvc.yaml")
+    write_params_yaml(REPO / "params.yaml", settings, target=root / "params.yaml")
+    return root
+
+
+def stage_tune(project: Path, env: dict[str, str]) -> dict:
+    """``sslpipe stage tune`` in ``project``; returns reports/tune.json."""
+    proc = subprocess.run([str(VENV_BIN / "sslpipe"), "stage", "tune", "--no-progress"], cwd=project, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"sslpipe stage tune failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    return json.loads((project / "reports" / "tune.json").read_text())
+
+
+@pytest.mark.e2e
+def test_trials_run_on_the_node_their_resources_name(ray_cluster, pretrained_template: Path, tmp_path: Path) -> None:
+    project = tune_project(tmp_path / "project", pretrained_template, [*TUNE_SETTINGS, "tune.resources_per_trial={node2: 1}"])
+    report = stage_tune(project, ray_cluster.driver_env())
+
+    trials = report["trials"]
+    assert len(trials) == 2
+    assert {t["node_id"] for t in trials} == {ray_cluster.node_ids["node2"]} != {ray_cluster.node_ids["head"]}
+    assert len({t["lr"] for t in trials}) == 2  # two real trials, each its own config
+    # the stage disconnected from the cluster without stopping it: both raylets still run
+    raylets = [p for p in ray_cluster.processes() if p.name() == "raylet"]
+    assert len(raylets) == 2, [p.cmdline()[:1] for p in ray_cluster.processes()]
