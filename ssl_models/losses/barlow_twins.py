@@ -1,10 +1,19 @@
 """Barlow Twins: "Self-Supervised Learning via Redundancy Reduction" (Zbontar et al., ICML 2021,
-arXiv:2103.03230)."""
+arXiv:2103.03230).
+
+Across workers the standardisation and the cross-correlation are the global batch's: each
+worker gathers both views' embeddings with gradients (``ssl_models.dist.gather``) and computes the
+global loss, the same on every worker. Gathering the (B, D) embeddings rather than all-reducing the
+(D, D) matrix keeps the gradient right without care: the official code all-reduces ``c`` without a
+gradient, which leaves each worker's gradient 1/world_size of the true one (lightly #1977).
+"""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+
+from ssl_models import dist
 
 
 def _standardize(z: Tensor, eps: float = 1e-5) -> Tensor:
@@ -26,6 +35,8 @@ class BarlowTwinsLoss(nn.Module):
 
     def forward(self, z0: Tensor, z1: Tensor) -> Tensor:
         """Args: z0, z1: (N, D). Returns: scalar loss, 0 for identical whitened embeddings."""
+        if dist.is_distributed():  # one collective for both views: (B, 2D)
+            z0, z1 = dist.gather(torch.cat([z0, z1], dim=1)).chunk(2, dim=1)
         n = z0.shape[0]
         with torch.autocast(z0.device.type, enabled=False):  # autocast would run the matmul in bf16
             c = _standardize(z0.float()).T @ _standardize(z1.float()) / n  # (D, D) cross-correlation

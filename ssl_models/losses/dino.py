@@ -1,11 +1,18 @@
 """DINO's self-distillation loss: "Emerging Properties in Self-Supervised Vision Transformers"
-(Caron et al., ICCV 2021, arXiv:2104.14294)."""
+(Caron et al., ICCV 2021, arXiv:2104.14294).
+
+Across workers the loss is per sample (each worker's local mean; their mean is the one-process
+loss) and the center moves by the global batch's mean teacher output: all-reduced, as the
+official ``update_center``, so every worker keeps the same center.
+"""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from ssl_models import dist
 
 
 def dino_teacher_temperature(step: int, warmup_steps: int, start: float = 0.04, end: float = 0.07) -> float:
@@ -56,6 +63,7 @@ class DINOLoss(nn.Module):
 
     @torch.no_grad()
     def update_center(self, teacher_out: Tensor) -> None:
-        """``center = m * center + (1 - m) * mean(teacher_out)``; teacher_out: (M, out_dim)."""
-        batch_center = teacher_out.float().mean(0, keepdim=True)
+        """``center = m * center + (1 - m) * mean(teacher_out)``; teacher_out: (M, out_dim), the mean
+        over every worker's (equal-sized) batch."""
+        batch_center = dist.all_reduce_mean(teacher_out.float().mean(0, keepdim=True))
         self.center.mul_(self.center_momentum).add_(batch_center, alpha=1.0 - self.center_momentum)

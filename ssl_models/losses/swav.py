@@ -1,11 +1,19 @@
 """SwAV: "Unsupervised Learning of Visual Features by Contrasting Cluster Assignments" (Caron et al.,
-NeurIPS 2020, arXiv:2006.09882)."""
+NeurIPS 2020, arXiv:2006.09882).
+
+Across workers the Sinkhorn equipartition is over the global batch, as the official
+``distributed_sinkhorn``: the sums over samples are all-reduced (no gradient: codes are targets),
+and each worker keeps its own samples' codes. The loss is then per sample, so each worker's local
+mean, averaged over workers, is the one-process loss. No queue here (see ``SwAV``).
+"""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from ssl_models import dist
 
 
 @torch.no_grad()
@@ -18,13 +26,15 @@ def sinkhorn(scores: Tensor, epsilon: float = 0.05, iterations: int = 3) -> Tens
         iterations: Sinkhorn iterations (paper: 3).
 
     Returns:
-        (B, K) float32 codes: each row sums to 1; each column sums to about B / K.
+        (B, K) float32 codes: each row sums to 1; each column sums to about B / K. Across workers
+        ``scores`` is this worker's (B / world_size, K) and the columns sum over the global batch.
     """
-    q = torch.exp((scores.float() - scores.float().max()) / epsilon).T  # (K, B), max-shift for stability
-    q /= q.sum()
-    k, b = q.shape
+    scores = scores.float()
+    q = torch.exp((scores - dist.all_reduce_max(scores.max())) / epsilon).T  # (K, b), max-shift for stability
+    q /= dist.all_reduce_sum_(q.sum())
+    k, b = q.shape[0], q.shape[1] * dist.world_size()  # b: the global batch
     for _ in range(iterations):
-        q /= q.sum(dim=1, keepdim=True)  # each prototype gets 1/K of the mass
+        q /= dist.all_reduce_sum_(q.sum(dim=1, keepdim=True))  # each prototype gets 1/K of the mass
         q /= k
         q /= q.sum(dim=0, keepdim=True)  # each sample gets 1/B of the mass
         q /= b

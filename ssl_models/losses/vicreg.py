@@ -1,11 +1,18 @@
 """VICReg: "Variance-Invariance-Covariance Regularization for Self-Supervised Learning" (Bardes,
-Ponce & LeCun, ICLR 2022, arXiv:2105.04906)."""
+Ponce & LeCun, ICLR 2022, arXiv:2105.04906).
+
+Across workers the variance and covariance are the global batch's: as the official code's
+``FullGatherLayer``, each worker gathers both views' embeddings with gradients
+(``ssl_models.dist.gather``) and computes the global loss, the same on every worker.
+"""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from ssl_models import dist
 
 
 def _variance(z: Tensor, eps: float) -> Tensor:
@@ -26,8 +33,11 @@ def vicreg_terms(z0: Tensor, z1: Tensor, eps: float = 1e-4) -> tuple[Tensor, Ten
 
     Returns:
         invariance (MSE between the views), variance (averaged over both views), covariance
-        (summed over both views), as in the official implementation.
+        (summed over both views), as in the official implementation. Across workers: the global
+        batch's terms.
     """
+    if dist.is_distributed():  # one collective for both views: (B, 2D)
+        z0, z1 = dist.gather(torch.cat([z0, z1], dim=1)).chunk(2, dim=1)
     with torch.autocast(z0.device.type, enabled=False):  # autocast would run the matmul in bf16
         z0, z1 = z0.float(), z1.float()
         invariance = F.mse_loss(z0, z1)

@@ -12,6 +12,18 @@ from ssl_models.augment import ViewAugment
 from ssl_models.backbones import Encoder
 
 
+def labels_to_view(labels: Tensor) -> Tensor:
+    """Per-image integer labels (N,) as an (N, 1, 1, 1) float32 batch, so that they travel with the
+    views: every view is an (N, C, H, W) float batch that the engine converts (memory format) and a
+    distributed run splits by worker along dim 0. Exact for labels below 2^24."""
+    return labels.to(torch.float32).view(-1, 1, 1, 1)
+
+
+def labels_from_view(view: Tensor) -> Tensor:
+    """The (N,) long labels of a ``labels_to_view`` batch."""
+    return view.reshape(-1).round().long()
+
+
 @dataclass
 class SSLOutput:
     """What a training step returns: the loss and (optionally) embeddings to watch for collapse."""
@@ -26,6 +38,12 @@ class SSLMethod(nn.Module):
     Subclasses set ``name``, build their heads in ``__init__`` and implement ``forward``. They may
     override ``views`` (how many views, which augmentation) and ``on_step_end`` (momentum updates,
     queues, schedules), which the engine calls after every optimizer step.
+
+    Everything random or per-image that a step needs is drawn in ``views`` (from its generator) and
+    returned as (N, ...) batches, ``forward`` draws nothing: a step is then a function of (seed,
+    step), and a distributed run that splits the views by worker along dim 0 computes what one
+    process computes on the whole batch (``ssl_models.dist`` says how each loss sees the global
+    batch).
 
     Args:
         encoder: normalization + backbone; its weights are what pretraining produces.

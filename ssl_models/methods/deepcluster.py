@@ -1,5 +1,13 @@
 """DeepCluster: "Deep Clustering for Unsupervised Learning of Visual Features" (Caron et al., ECCV
-2018, arXiv:1807.05520)."""
+2018, arXiv:1807.05520).
+
+Across workers (every worker is handed the whole pool in ``on_epoch_start``): each worker embeds
+its ``tensor_split`` share of the pool, the features are gathered in rank order, and every worker
+clusters the whole pool's; rank 0's centroids and re-initialised classifier are broadcast, so the
+pseudo-labels and weights are the same everywhere even where k-means on a GPU is not bit-exact. The
+class-weighted cross-entropy is normalised by the global batch's total weight, so the workers'
+mean is the one-process loss.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +15,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ssl_models import dist
 from ssl_models.augment import ViewAugment, to_float
 from ssl_models.backbones import Encoder
 from ssl_models.device import autocast, autocast_dtype
 from ssl_models.heads import ProjectionHead
-from ssl_models.methods.base import SSLMethod, SSLOutput
+from ssl_models.methods.base import (
+    SSLMethod,
+    SSLOutput,
+    labels_from_view,
+    labels_to_view,
+)
 from ssl_models.methods.kmeans import assign, kmeans
 
 
@@ -82,7 +96,6 @@ class DeepCluster(SSLMethod):
         self.register_buffer("class_weights", torch.ones(n_clusters), persistent=False)
         self.register_buffer("pool_keys", torch.empty(0, dtype=torch.long), persistent=False)
         self.register_buffer("pool_labels", torch.empty(0, dtype=torch.long), persistent=False)
-        self._batch_labels: Tensor | None = None
 
     def features(self, x: Tensor) -> Tensor:
         """What is clustered and classified: (N, C, H, W) -> (N, out_dim)."""
@@ -92,19 +105,31 @@ class DeepCluster(SSLMethod):
         return F.normalize(z.float() - self.feature_mean, dim=1)
 
     @torch.no_grad()
-    def on_epoch_start(self, epoch: int, images: Tensor) -> None:
-        """Recompute the pseudo-labels of the pool (N, C, H, W) uint8 and reset the classifier."""
+    def _embed_pool(self, images: Tensor) -> Tensor:
+        """Eval-mode features of the pool (N, C, H, W) uint8 -> (N, D) float32; across workers each
+        embeds its ``tensor_split`` share and the shares are gathered in rank order."""
         device = self.classifier.weight.device
+        shares = images.tensor_split(dist.world_size())
         was_training = self.training
         self.eval()
         with autocast(device, autocast_dtype(device)):  # bf16 where fast: this pass sees the whole pool
-            z = torch.cat([self.features(to_float(chunk.to(device))).float() for chunk in images.split(1024)])  # (N, D)
+            z = [self.features(to_float(chunk.to(device))).float() for chunk in shares[dist.rank()].split(1024)]
         self.train(was_training)
+        z = torch.cat(z) if z else torch.empty(0, self.feature_mean.shape[0], device=device)
+        return dist.gather_parts(z, [len(s) for s in shares])
+
+    @torch.no_grad()
+    def on_epoch_start(self, epoch: int, images: Tensor) -> None:
+        """Recompute the pseudo-labels of the pool (N, C, H, W) uint8 and reset the classifier.
+        Across workers ``images`` is the whole pool on every worker."""
+        device = self.classifier.weight.device
+        z = self._embed_pool(images)  # (N, D)
         generator = torch.Generator().manual_seed(epoch)
         fit = torch.randperm(z.shape[0], generator=generator)[: self.kmeans_images].to(device)
-        self.feature_mean = z[fit].mean(0)
+        self.feature_mean = dist.broadcast_(z[fit].mean(0))
         zc = self._cluster_space(z)
         self.centroids, _ = kmeans(zc[fit], min(self.n_clusters, fit.numel()), self.kmeans_iterations, generator)
+        dist.broadcast_(self.centroids)
         labels = assign(zc, self.centroids)  # (N,)
         counts = torch.bincount(labels, minlength=self.n_clusters).float()
         # inverse-frequency class weights, mean 1 over the images
@@ -113,6 +138,8 @@ class DeepCluster(SSLMethod):
         self.pool_keys, order = keys.sort()
         self.pool_labels = labels[order]
         self.classifier.reset_parameters()
+        for p in self.classifier.parameters():  # the global RNG differs between workers
+            dist.broadcast_(p.data)
 
     @torch.no_grad()
     def pseudo_labels(self, images: Tensor) -> Tensor:
@@ -124,22 +151,24 @@ class DeepCluster(SSLMethod):
         return torch.where(self.pool_keys[pos] == keys, self.pool_labels[pos], -1)
 
     def views(self, images: Tensor, generator: torch.Generator | None = None) -> list[Tensor]:
-        """One view; the batch's pseudo-labels are looked up here, where the raw images are seen."""
-        self._batch_labels = self.pseudo_labels(images)
-        return [self.augment(images, generator)]
+        """One view and the images' pool pseudo-labels (looked up here, where the raw images are
+        seen; -1: not in the pool), as an (N, 1, 1, 1) batch (``labels_to_view``)."""
+        return [self.augment(images, generator), labels_to_view(self.pseudo_labels(images))]
 
     def forward(self, views: list[Tensor]) -> SSLOutput:
         if self.centroids.numel() == 0:
             raise RuntimeError(
                 "DeepCluster has no clusters yet: call on_epoch_start(epoch, images) first (the engine does)"
             )
-        (x,) = views
+        x, label_view = views
         z = self.features(x)  # (N, out_dim)
-        labels = self._batch_labels
-        if labels is None or labels.shape[0] != x.shape[0]:
-            labels = torch.full((x.shape[0],), -1, dtype=torch.long, device=x.device)
+        labels = labels_from_view(label_view).to(x.device)
         nearest = assign(self._cluster_space(z.detach()), self.centroids)
-        labels = torch.where(labels >= 0, labels.to(x.device), nearest)
+        labels = torch.where(labels >= 0, labels, nearest)
         logits = self.classifier(z).float()  # (N, n_clusters)
-        loss = F.cross_entropy(logits, labels, weight=self.class_weights)
+        # weighted mean: sum_i w_i l_i / sum_i w_i over the global batch (F.cross_entropy's with
+        # weight=, whose denominator would be this worker's alone)
+        weights = self.class_weights[labels]
+        per_image = F.cross_entropy(logits, labels, reduction="none")  # (N,)
+        loss = (weights * per_image).sum() / dist.all_reduce_mean(weights.sum())
         return SSLOutput(loss, embedding=z.detach())

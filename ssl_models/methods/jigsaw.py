@@ -1,5 +1,10 @@
 """Jigsaw puzzles: "Unsupervised Learning of Visual Representations by Solving Jigsaw Puzzles"
-(Noroozi & Favaro, ECCV 2016, arXiv:1603.09246)."""
+(Noroozi & Favaro, ECCV 2016, arXiv:1603.09246).
+
+Across workers: a per-image cross-entropy (each worker's local mean; their mean is the one-process
+loss), BatchNorm synchronised by the engine. The permutation labels are drawn in ``views``, so they
+are split with the views.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +18,12 @@ from torch import Tensor
 from ssl_models.augment import ViewAugment
 from ssl_models.backbones import Encoder
 from ssl_models.heads import ProjectionHead
-from ssl_models.methods.base import SSLMethod, SSLOutput
+from ssl_models.methods.base import (
+    SSLMethod,
+    SSLOutput,
+    labels_from_view,
+    labels_to_view,
+)
 
 
 def all_permutations(n: int) -> Tensor:
@@ -121,14 +131,17 @@ class Jigsaw(SSLMethod):
         self.classifier = ProjectionHead(self.grid**2 * encoder.out_dim, hidden_dim, n_permutations, num_layers=2)
 
     def views(self, images: Tensor, generator: torch.Generator | None = None) -> list[Tensor]:
-        """The tiles of one view of each image, in row-major order: ``grid**2`` tensors (N, C, t, t)."""
+        """The tiles of one view of each image, in row-major order: ``grid**2`` tensors (N, C, t, t),
+        then each image's random permutation class as an (N, 1, 1, 1) batch (``labels_to_view``)."""
         tiles = random_tiles(self.augment(images, generator), self.grid, self.tile_fraction, generator)
-        return [tile.contiguous() for tile in tiles.unbind(1)]
+        n = tiles.shape[0]
+        labels = torch.randint(self.permutations.shape[0], (n,), generator=generator, device=tiles.device)
+        return [tile.contiguous() for tile in tiles.unbind(1)] + [labels_to_view(labels)]
 
     def forward(self, views: list[Tensor]) -> SSLOutput:
-        tiles = torch.stack(views, dim=1)  # (N, k = grid**2, C, t, t)
+        tiles = torch.stack(views[:-1], dim=1)  # (N, k = grid**2, C, t, t)
         n, k = tiles.shape[:2]
-        labels = torch.randint(self.permutations.shape[0], (n,), device=tiles.device)
+        labels = labels_from_view(views[-1]).to(tiles.device)
         order = self.permutations[labels]  # (N, k): position j shows tile order[j]
         shuffled = tiles.gather(1, order.view(n, k, 1, 1, 1).expand_as(tiles))
         h = self.encoder(shuffled.flatten(0, 1)).view(n, k, -1)  # (N, k, out_dim)

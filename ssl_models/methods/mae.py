@@ -1,4 +1,10 @@
-"""MAE: "Masked Autoencoders Are Scalable Vision Learners" (He et al., CVPR 2022, arXiv:2111.06377)."""
+"""MAE: "Masked Autoencoders Are Scalable Vision Learners" (He et al., CVPR 2022, arXiv:2111.06377).
+
+Across workers: a per-patch loss normalised by the number of masked patches, the same for every
+image (``keep`` of ``L`` visible), so each worker's local mean averaged over workers is the
+one-process loss; no BatchNorm (LayerNorm only). The random mask is drawn in ``views``, so it is
+split with the views.
+"""
 
 from __future__ import annotations
 
@@ -60,19 +66,30 @@ class MAE(SSLMethod):
         patch_dim = vit.patch_size**2 * vit.in_channels
         self.decoder = MAEDecoder(vit.out_dim, patch_dim, decoder_dim, decoder_depth, decoder_heads)
 
+    def keep(self, length: int) -> int:
+        """How many of ``length`` patches stay visible."""
+        return max(1, int(length * (1 - self.mask_ratio)))
+
     def views(self, images: Tensor, generator: torch.Generator | None = None) -> list[Tensor]:
-        """One view per image."""
-        return [self.augment(images, generator)]
+        """One view per image and its random patch mask (N, 1, h, w): 1 on the masked patches,
+        exactly ``keep`` zeros per image."""
+        x = self.augment(images, generator)
+        p = self.encoder.backbone.patch_size
+        n, h, w = x.shape[0], x.shape[-2] // p, x.shape[-1] // p
+        # random masking: the ranks of uniform noise are a random permutation per image
+        noise = torch.rand(n, h * w, generator=generator, device=x.device)
+        mask = noise.argsort(1).argsort(1) >= self.keep(h * w)  # (N, L)
+        return [x, mask.to(torch.float32).view(n, 1, h, w)]
 
     def forward(self, views: list[Tensor]) -> SSLOutput:
-        (x,) = views
+        x, mask_map = views
         vit: VisionTransformer = self.encoder.backbone
         x = (x - self.encoder.mean) / self.encoder.std
         tokens, grid = vit.patchify(x)  # (N, L, D)
         n, length, dim = tokens.shape
-        keep = max(1, int(length * (1 - self.mask_ratio)))
-        # random masking: argsort of noise gives a random permutation per image
-        shuffle = torch.rand(n, length, device=x.device).argsort(1)  # (N, L)
+        keep = self.keep(length)
+        mask = mask_map.reshape(n, length).float()  # (N, L) 1 on masked patches, in image order
+        shuffle = mask.argsort(dim=1, stable=True)  # (N, L) visible patches first, each part in image order
         restore = shuffle.argsort(1)
         keep_idx = shuffle[:, :keep]
         visible = tokens.gather(1, keep_idx[..., None].expand(-1, -1, dim))  # (N, keep, D)
@@ -81,8 +98,5 @@ class MAE(SSLMethod):
         target = patchify_pixels(x, vit.patch_size).float()
         if self.norm_pix_loss:
             target = (target - target.mean(-1, keepdim=True)) / (target.var(-1, keepdim=True) + 1e-6).sqrt()
-        mask = torch.ones(n, length, device=x.device)
-        mask[:, :keep] = 0
-        mask = mask.gather(1, restore)  # 1 on masked patches, in image order
         per_patch = (pred.float() - target).pow(2).mean(-1)  # (N, L)
         return SSLOutput((per_patch * mask).sum() / mask.sum(), embedding=None)

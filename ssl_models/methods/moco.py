@@ -1,6 +1,13 @@
 """MoCo v2: "Momentum Contrast for Unsupervised Visual Representation Learning" (He et al., CVPR
 2020, arXiv:1911.05722) with the MLP head, blur and temperature of "Improved Baselines with
-Momentum Contrastive Learning" (Chen et al., 2020, arXiv:2003.04297)."""
+Momentum Contrastive Learning" (Chen et al., 2020, arXiv:2003.04297).
+
+Across workers every worker's keys are enqueued, in rank order (the official
+``concat_all_gather``), so every worker keeps the same queue as one process with the global batch;
+the loss is per query (each worker's local mean; their mean is the one-process loss). BatchNorm is
+synchronised by the engine rather than shuffled as in the paper: the statistics are then the
+global batch's, the same as one process's.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ssl_models import dist
 from ssl_models.augment import ViewAugment
 from ssl_models.backbones import Encoder
 from ssl_models.heads import MoCoProjectionHead
@@ -68,9 +76,10 @@ class MoCo(SSLMethod):
 
     @torch.no_grad()
     def _dequeue_and_enqueue(self, keys: Tensor) -> None:
-        """Overwrite the oldest ``N`` queue entries with the (normalized) keys; wraps around."""
+        """Overwrite the oldest ``N`` queue entries with the (normalized) keys of every worker; wraps
+        around."""
         size = self.queue.shape[0]
-        keys = F.normalize(keys.float(), dim=1)[:size]
+        keys = F.normalize(dist.gather(keys).float(), dim=1)[:size]  # (B, D) every worker's, in rank order
         idx = (self.queue_ptr + torch.arange(keys.shape[0], device=keys.device)) % size
         self.queue[idx] = keys.to(self.queue.dtype)
         self.queue_ptr.copy_((self.queue_ptr + keys.shape[0]) % size)

@@ -417,7 +417,7 @@ def test_jigsaw_permutation_set() -> None:
 def test_jigsaw_grid_sets_tiles_and_classes() -> None:
     small: Jigsaw = make_method("jigsaw", 1)  # type: ignore[assignment]
     assert small.permutations.shape == (24, 4)  # 2 x 2 by default: all 4! orders
-    assert len(small.views(tiny_images(), torch.Generator().manual_seed(0))) == 4
+    assert len(small.views(tiny_images(), torch.Generator().manual_seed(0))) == 4 + 1  # 4 tiles, the labels
     paper: Jigsaw = make_method("jigsaw", 1, grid=3)  # type: ignore[assignment]
     assert paper.permutations.shape == (100, 9)
     with pytest.raises(ValueError, match=r"\[1, 24\]"):
@@ -458,14 +458,14 @@ def test_inpainting_views_erase_one_square() -> None:
 
 
 def test_jigsaw_loss_depends_on_tile_order() -> None:
-    """The classifier sees tiles in shuffled order: a fixed seed fixes the permutation labels."""
+    """The classifier sees tiles in shuffled order: the views' seed fixes the permutation labels
+    (drawn in ``views``, the last view), and other labels give another loss."""
     method: Jigsaw = make_method("jigsaw", 1)  # type: ignore[assignment]
     method.eval()
     views = method.views(tiny_images(), torch.Generator().manual_seed(0))
-    torch.manual_seed(3)
-    a = method(views).loss
-    torch.manual_seed(3)
-    b = method(views).loss
-    torch.manual_seed(4)
-    c = method(views).loss
+    again = method.views(tiny_images(), torch.Generator().manual_seed(0))
+    assert all(torch.equal(u, v) for u, v in zip(views, again))
+    a, b = method(views).loss, method(again).loss
+    other = views[:-1] + [(views[-1] + 1) % method.permutations.shape[0]]
+    c = method(other).loss
     assert a == b and a != c
