@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,15 +36,11 @@ class TuneResult:
     trials: int
 
 
-def _trial(config: dict[str, Any], data: dict[str, Any]) -> None:
-    """One Ray Tune trial: train ``config["arm"]`` with ``config`` and report val top-1 each epoch,
-    and the id of the Ray node it ran on. Everything it reads comes through Ray's object store
-    (``data``), no driver-local file: a trial may run on another machine of the cluster."""
-    import ray
-    from ray import tune
-
-    node_id = ray.get_runtime_context().get_node_id()
-    torch.set_num_threads(max(1, int(data["threads"])))
+def train_trial(config: dict[str, Any], data: dict[str, Any],
+                on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> list[dict[str, float]]:
+    """Train ``config["arm"]`` with ``config`` on ``data`` (``trial_data``), scored on its
+    validation split every epoch: what one trial runs, with or without Ray. Returns the per-epoch
+    history."""
     arm = config["arm"]
     finetune_cfg = FinetuneParams.model_validate(data["finetune"])
     model = new_classifier(arm, data["encoder"], data["num_classes"], data["seed"])
@@ -52,10 +49,21 @@ def _trial(config: dict[str, Any], data: dict[str, Any]) -> None:
     if ARMS[arm].teacher:
         teacher = new_classifier(ARMS[arm].teacher, data["encoder"], data["num_classes"], data["seed"])
         teacher.load_state_dict(data["teachers"][ARMS[arm].teacher])
-    train_arm(arm, model, data["x_train"], data["y_train"], data["pool"], train_cfg, teacher=teacher,
-              val=(data["x_val"], data["y_val"]),
-              on_epoch=lambda epoch, m: tune.report({METRIC: m[METRIC], "train_loss": m["train_loss"], "epoch": epoch,
-                                                     "node_id": node_id}))
+    return train_arm(arm, model, data["x_train"], data["y_train"], data["pool"], train_cfg, teacher=teacher,
+                     val=(data["x_val"], data["y_val"]), on_epoch=on_epoch)
+
+
+def _trial(config: dict[str, Any], data: dict[str, Any]) -> None:
+    """One Ray Tune trial: ``train_trial`` on one thread per CPU, reporting val top-1 each epoch and
+    the id of the Ray node it ran on. ``data`` came through Ray's object store: a trial may run on
+    another machine of the cluster."""
+    import ray
+    from ray import tune
+
+    node_id = ray.get_runtime_context().get_node_id()
+    torch.set_num_threads(max(1, int(data["threads"])))
+    train_trial(config, data, on_epoch=lambda epoch, m: tune.report(
+        {METRIC: m[METRIC], "train_loss": m["train_loss"], "epoch": epoch, "node_id": node_id}))
 
 
 def search_space(cfg: TuneParams, arm: str) -> dict[str, Any]:
@@ -205,10 +213,10 @@ def _teacher_state(arm: str, best: dict[str, Any], data: dict[str, Any], finetun
     return {k: v.detach().cpu() for k, v in model.state_dict().items()}
 
 
-def tune_stage(cfg: TuneParams, finetune_cfg: FinetuneParams, progress: bool = True, log_mlflow: bool = True) -> TuneResult:
-    """Search every arm of ``finetune.arms`` and write the best config of each to ``models/tune/best.json``."""
-    import ray
-
+def trial_data(cfg: TuneParams, finetune_cfg: FinetuneParams) -> dict[str, Any]:
+    """What every trial reads, in memory, so that Ray's object store can take it to any node: the
+    tuning labels split into train and validation images, the unlabeled pool, the encoder's
+    state, the settings. Arms that distil get their teacher's state in ``teachers`` later."""
     if not paths.ENCODER.exists():
         raise FileNotFoundError(f"{paths.ENCODER}: no encoder; run `sslpipe stage pretrain` first")
     data_set = load_dataset()
@@ -216,12 +224,32 @@ def tune_stage(cfg: TuneParams, finetune_cfg: FinetuneParams, progress: bool = T
     train_idx, val_idx = data_set.stratified_split(labeled, cfg.val_fraction, cfg.seed)
     x_train, y_train = data_set.take(train_idx)
     x_val, y_val = data_set.take(val_idx)
-    data = {
-        "x_train": x_train, "y_train": y_train, "x_val": x_val, "y_val": y_val, "pool": data_set.split("train")[0],
+    return {
+        "x_train": x_train, "y_train": y_train, "x_val": x_val, "y_val": y_val, "pool": _pool(data_set),
         "num_classes": data_set.num_classes, "encoder": checkpoint.load(paths.ENCODER),
         "finetune": finetune_cfg.model_dump(), "teachers": {},
         "batch_size": cfg.batch_size, "seed": cfg.seed, "threads": cfg.cpus_per_trial,
     }
+
+
+def _pool(data_set: Any) -> Any:
+    """The unlabeled pool (the train split's images): a tensor, which travels in the object store;
+    or, when it is too big for RAM, shards streamed from the project's files -- which only the
+    driver's machine has: on a cluster (RAY_ADDRESS) that is an error saying what to do."""
+    pool = data_set.split("train")[0]
+    if isinstance(pool, torch.Tensor) or not os.environ.get("RAY_ADDRESS"):
+        return pool
+    raise ValueError(f"tune on a cluster: the unlabeled pool ({pool.nbytes / 2**20:.0f} MB, over "
+                     f"ingest.in_memory_max_mb) is read from shard files on this machine, which trials on "
+                     f"other nodes cannot open; raise ingest.in_memory_max_mb above {pool.nbytes / 2**20:.0f} so it "
+                     f"travels through Ray's object store, or run tune without RAY_ADDRESS")
+
+
+def tune_stage(cfg: TuneParams, finetune_cfg: FinetuneParams, progress: bool = True, log_mlflow: bool = True) -> TuneResult:
+    """Search every arm of ``finetune.arms`` and write the best config of each to ``models/tune/best.json``."""
+    import ray
+
+    data = trial_data(cfg, finetune_cfg)
     parent = None
     if log_mlflow:
         import mlflow
@@ -242,7 +270,7 @@ def tune_stage(cfg: TuneParams, finetune_cfg: FinetuneParams, progress: bool = T
         if started:  # a local Ray stops; on a cluster this driver only disconnects, the cluster runs on
             ray.shutdown()
     write_json(paths.BEST_CONFIG, {**best, "label_fraction": cfg.label_fraction,
-                                   "num_train": len(train_idx), "num_val": len(val_idx)})
+                                   "num_train": len(data["y_train"]), "num_val": len(data["y_val"])})
     write_json(paths.TUNE_REPORT, {"best": best, "trials": table})
     if log_mlflow:
         import mlflow

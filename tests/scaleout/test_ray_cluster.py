@@ -37,7 +37,14 @@ def stage_tune(project: Path, env: dict[str, str]) -> dict:
 
 
 @pytest.mark.e2e
-def test_trials_run_on_the_node_their_resources_name(ray_cluster, pretrained_template: Path, tmp_path: Path) -> None:
+def test_trials_run_on_the_node_their_resources_name(ray_cluster, pretrained_template: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """2 trials asking for ``node2`` run there (not on the head), compute to the last digit what
+    the same trials compute here without Ray, and the stage leaves the cluster running."""
+    from tasks.arms import TUNED_KEYS
+    from tasks.config import load_params
+    from tasks.tune import train_trial, trial_data
+
     project = tune_project(tmp_path / "project", pretrained_template, [*TUNE_SETTINGS, "tune.resources_per_trial={node2: 1}"])
     report = stage_tune(project, ray_cluster.driver_env())
 
@@ -48,3 +55,28 @@ def test_trials_run_on_the_node_their_resources_name(ray_cluster, pretrained_tem
     # the stage disconnected from the cluster without stopping it: both raylets still run
     raylets = [p for p in ray_cluster.processes() if p.name() == "raylet"]
     assert len(raylets) == 2, [p.cmdline()[:1] for p in ray_cluster.processes()]
+
+    monkeypatch.chdir(project)  # the same trials here, on one thread as a trial is
+    params = load_params(project / "params.yaml")
+    data = trial_data(params.tune, params.finetune)
+    for t in trials:
+        history = train_trial({"arm": t["arm"], **{k: t[k] for k in TUNED_KEYS}}, data)
+        assert history[-1]["val_top1"] == t["val_top1"]
+
+
+def test_a_placement_no_local_node_has_is_an_error(pretrained_template: Path, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Custom resources exist only on a cluster's nodes: on a local Ray, Tune would wait forever
+    for one; the stage says so instead, and stops the Ray it started."""
+    import ray
+
+    from tasks.config import load_params
+    from tasks.tune import tune_stage
+
+    project = tune_project(tmp_path / "project", pretrained_template, [*TUNE_SETTINGS, "tune.resources_per_trial={node3: 1}"])
+    monkeypatch.chdir(project)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    params = load_params(project / "params.yaml")
+    with pytest.raises(ValueError, match=r"tune\.resources_per_trial.*node3|node3.*tune\.resources_per_trial"):
+        tune_stage(params.tune, params.finetune, progress=False, log_mlflow=False)
+    assert not ray.is_initialized()
