@@ -1,5 +1,9 @@
 """Barlow Twins: "Self-Supervised Learning via Redundancy Reduction" (Zbontar et al., ICML 2021,
-arXiv:2103.03230)."""
+arXiv:2103.03230).
+
+Across workers: the cross-correlation is the global batch's (``BarlowTwinsLoss`` gathers the
+projections with gradients); BatchNorm is synchronised by the engine.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,12 @@
 """BYOL: "Bootstrap Your Own Latent: A New Approach to Self-Supervised Learning" (Grill et al.,
-NeurIPS 2020, arXiv:2006.07733)."""
+NeurIPS 2020, arXiv:2006.07733).
+
+Across workers: a per-sample loss (each worker's local mean; their mean is the one-process loss);
+nothing to gather. BatchNorm in the online and target networks is synchronised by the engine
+(``ssl_models.dist.convert_sync_batchnorm``): per-worker statistics would differ from one
+process's. The target's EMA is the same on every worker,
+since DDP keeps the online weights equal.
+"""
 
 from __future__ import annotations
 

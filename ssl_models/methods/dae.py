@@ -1,5 +1,10 @@
 """Denoising autoencoder: "Extracting and Composing Robust Features with Denoising Autoencoders"
-(Vincent et al., ICML 2008) and "Stacked Denoising Autoencoders" (Vincent et al., JMLR 2010)."""
+(Vincent et al., ICML 2008) and "Stacked Denoising Autoencoders" (Vincent et al., JMLR 2010).
+
+Across workers: a per-pixel MSE over equal-sized batches (each worker's local mean; their mean is
+the one-process loss); nothing to gather; BatchNorm (encoder, decoder) synchronised by the engine.
+The corruption is drawn in ``views``, so it is split with the views.
+"""
 
 from __future__ import annotations
 

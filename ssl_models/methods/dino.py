@@ -1,5 +1,10 @@
 """DINO: "Emerging Properties in Self-Supervised Vision Transformers" (Caron et al., ICCV 2021,
-arXiv:2104.14294)."""
+arXiv:2104.14294).
+
+Across workers: the loss is per sample, the teacher's center moves by the global batch's mean
+(``DINOLoss.update_center`` all-reduces it), BatchNorm in the heads (student and teacher) is
+synchronised by the engine, and the teacher's EMA is the same on every worker.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,10 @@
 """Context encoder: "Context Encoders: Feature Learning by Inpainting" (Pathak et al., CVPR 2016,
-arXiv:1604.07379)."""
+arXiv:1604.07379).
+
+Across workers: the squared error is divided by the erased area, the same square for every image,
+so each worker's local mean averaged over workers is the one-process loss; nothing to gather;
+BatchNorm synchronised by the engine. The masks are drawn in ``views``.
+"""
 
 from __future__ import annotations
 

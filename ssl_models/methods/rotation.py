@@ -1,5 +1,10 @@
 """RotNet: "Unsupervised Representation Learning by Predicting Image Rotations" (Gidaris, Singh &
-Komodakis, ICLR 2018, arXiv:1803.07728)."""
+Komodakis, ICLR 2018, arXiv:1803.07728).
+
+Across workers: a per-image cross-entropy (each worker's local mean over its 4n rotated images;
+their mean is the one-process loss); nothing to gather; BatchNorm synchronised by the engine, so
+its statistics span the four rotations of the global batch, as in one process.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,9 @@
 """SimCLR: "A Simple Framework for Contrastive Learning of Visual Representations"
-(Chen et al., ICML 2020, arXiv:2002.05709)."""
+(Chen et al., ICML 2020, arXiv:2002.05709).
+
+Across workers: the negatives are the global batch's (``NTXentLoss`` gathers the projections with
+gradients) and BatchNorm is synchronised by the engine, as the paper's global BN.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,10 @@
 """SimSiam: "Exploring Simple Siamese Representation Learning" (Chen & He, CVPR 2021,
-arXiv:2011.10566)."""
+arXiv:2011.10566).
+
+Across workers: a per-sample loss (each worker's local mean; their mean is the one-process loss);
+nothing to gather. The projector's BatchNorm layers are synchronised by the engine
+(``ssl_models.dist.convert_sync_batchnorm``), so their statistics are the global batch's.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,10 @@
 """SwAV: "Unsupervised Learning of Visual Features by Contrasting Cluster Assignments" (Caron et al.,
-NeurIPS 2020, arXiv:2006.09882)."""
+NeurIPS 2020, arXiv:2006.09882).
+
+Across workers: the Sinkhorn codes are equipartitioned over the global batch (``sinkhorn``
+all-reduces its sums), the loss is per sample, BatchNorm is synchronised by the engine, and the
+prototypes are renormalised identically on every worker after each step.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,9 @@
 """VICReg: "Variance-Invariance-Covariance Regularization for Self-Supervised Learning" (Bardes,
-Ponce & LeCun, ICLR 2022, arXiv:2105.04906)."""
+Ponce & LeCun, ICLR 2022, arXiv:2105.04906).
+
+Across workers: variance and covariance are the global batch's (``vicreg_terms`` gathers the
+embeddings with gradients); BatchNorm is synchronised by the engine.
+"""
 
 from __future__ import annotations
 
