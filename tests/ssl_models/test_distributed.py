@@ -14,6 +14,7 @@ This file is also the workers' program: ``python test_distributed.py RANK WORLD 
 
 from __future__ import annotations
 
+import copy
 import os
 import subprocess
 import sys
@@ -159,6 +160,24 @@ def assert_close_tensors(got: dict[str, torch.Tensor], ref: dict[str, torch.Tens
             torch.testing.assert_close(got[key], r, rtol=1e-4, atol=1e-5 * scale, msg=lambda m, key=key: f"{what} {key}: {m}")
         else:
             assert torch.equal(got[key], r), f"{what} {key}: {got[key]} != {r}"
+
+
+def test_sync_batchnorm_is_batchnorm_in_one_process() -> None:
+    """Outside a process group the converted layers are BatchNorm: same outputs, same running
+    statistics, same parameters (shared, not copied), in train and eval mode."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4, momentum=None), torch.nn.Flatten(),
+                              torch.nn.Linear(4 * 14 * 14, 8), torch.nn.BatchNorm1d(8, affine=False))
+    plain = copy.deepcopy(net)
+    synced = dist.convert_sync_batchnorm(net)
+    assert isinstance(synced[1], dist.SyncBatchNorm) and isinstance(synced[4], dist.SyncBatchNorm)
+    assert synced[1].weight is net[1].weight and synced[1].momentum is None
+    x = torch.rand(6, 3, 16, 16)
+    for train in (True, True, False):
+        plain.train(train)
+        synced.train(train)
+        torch.testing.assert_close(synced(x), plain(x), rtol=0, atol=0)
+    torch.testing.assert_close(synced.state_dict(), plain.state_dict(), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
