@@ -2,13 +2,15 @@
 
 A dataset's images are a directory of shards ``00000.npy``, ``00001.npy``, ... each (n_i, C, H, W),
 read in name order as one array of ``sum(n_i)`` rows. Shards let ingest decode in parallel (one
-shard per task), let DVC cache a grown dataset file by file, and bound what a reader holds.
+shard per task) and bound what a reader holds; DVC caches them file by file, so a shard that a
+re-ingest leaves unchanged is stored once.
 
 Rows are read with ``os.preadv`` straight into the batch's buffer, one call per run of consecutive
 rows: the bytes pass through the page cache, which the kernel may drop at will, and never count in
 the process's resident memory. A ``np.memmap`` would do the same reads with less code, but every
 page it touches stays mapped, so a pool read at random grows the process's RSS towards the size
-of the files (measured: a 60 MB pool read in random batches of 256 left 60 MB resident).
+of the files (measured: a 64 MiB pool read once in random batches of 256 grew the RSS by
+64 MiB through ``np.load(mmap_mode="r")``, by 3 MiB through this reader).
 """
 
 from __future__ import annotations
@@ -82,7 +84,7 @@ class ShardReader:
     """
 
     def __init__(self, files: Sequence[str | Path]):
-        self.files = [Path(f) for f in files]
+        self.files = [Path(f).absolute() for f in files]  # a worker process may run in another directory
         if not self.files:
             raise DataError("no image shards to read; run `sslpipe stage ingest` first")
         headers = [_header(p) for p in self.files]

@@ -15,10 +15,22 @@ import pytest
 import torch
 from PIL import Image
 
-from ssl_models.data import DataError, FASHION_MNIST_FILES, read_fashion_mnist, read_idx, read_image_folder
+from ssl_models.data import (
+    FASHION_MNIST_FILES,
+    DataError,
+    read_fashion_mnist,
+    read_idx,
+    read_image_folder,
+)
 from ssl_models.data.image_folder import load_image
 from ssl_models.data.shards import ShardedImages, ShardReader, shard_files, write_shards
-from tests.fixtures import idx_bytes, write_fashion_mnist, write_idx, write_image_folder, write_png
+from tests.fixtures import (
+    idx_bytes,
+    write_fashion_mnist,
+    write_idx,
+    write_image_folder,
+    write_png,
+)
 
 
 # ----------------------------------------------------------------------------------------- IDX

@@ -37,8 +37,8 @@ def write_photos(root: Path, classes: dict[str, int], seed: int = 0) -> None:
 
 
 def folder_params(image_size: int = SIZE, **kw) -> IngestParams:
-    base = dict(source="image_folder", shard_mb=4 / 1024, workers=1,
-                image_folder={"train_dir": "photos/train", "image_size": image_size, "channels": 3, "test_fraction": 0.25})
+    base = {"source": "image_folder", "shard_mb": 4 / 1024, "workers": 1,
+            "image_folder": {"train_dir": "photos/train", "image_size": image_size, "channels": 3, "test_fraction": 0.25}}
     return IngestParams(**{**base, **kw})
 
 
