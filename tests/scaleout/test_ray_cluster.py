@@ -40,18 +40,22 @@ def stage_tune(project: Path, env: dict[str, str]) -> dict:
 def test_trials_run_on_the_node_their_resources_name(ray_cluster, pretrained_template: Path, tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """2 trials asking for ``node2`` run there (not on the head), compute to the last digit what
-    the same trials compute here without Ray, and the stage leaves the cluster running."""
+    the same trials compute here without Ray, Tune's results land in ``tune.storage_path`` (a
+    path of the driver's), and the stage leaves the cluster running."""
     from tasks.arms import TUNED_KEYS
     from tasks.config import load_params
     from tasks.tune import train_trial, trial_data
 
-    project = tune_project(tmp_path / "project", pretrained_template, [*TUNE_SETTINGS, "tune.resources_per_trial={node2: 1}"])
+    storage = tmp_path / "ray-results"
+    project = tune_project(tmp_path / "project", pretrained_template,
+                           [*TUNE_SETTINGS, "tune.resources_per_trial={node2: 1}", f"tune.storage_path={storage}"])
     report = stage_tune(project, ray_cluster.driver_env())
 
     trials = report["trials"]
     assert len(trials) == 2
     assert {t["node_id"] for t in trials} == {ray_cluster.node_ids["node2"]} != {ray_cluster.node_ids["head"]}
     assert len({t["lr"] for t in trials}) == 2  # two real trials, each its own config
+    assert len(list((storage / "tune-ssl_finetune").glob("*/result.json"))) == 2  # written by the driver
     # the stage disconnected from the cluster without stopping it: both raylets still run
     raylets = [p for p in ray_cluster.processes() if p.name() == "raylet"]
     assert len(raylets) == 2, [p.cmdline()[:1] for p in ray_cluster.processes()]
