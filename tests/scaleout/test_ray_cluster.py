@@ -84,3 +84,27 @@ def test_a_placement_no_local_node_has_is_an_error(pretrained_template: Path, tm
     with pytest.raises(ValueError, match=r"tune\.resources_per_trial.*node3|node3.*tune\.resources_per_trial"):
         tune_stage(params.tune, params.finetune, progress=False, log_mlflow=False)
     assert not ray.is_initialized()
+
+
+def test_what_a_trial_reads_names_no_file_of_the_driver(pretrained_template: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Everything a trial reads is in memory: pickled for Ray's object store, it names no path of
+    the project. A pool streamed from the project's shard files could not travel so: on a cluster,
+    tune refuses it and says which setting to raise."""
+    import pickle
+
+    from tasks.config import load_params
+    from tasks.io import read_json, write_json
+    from tasks.tune import trial_data
+
+    project = tune_project(tmp_path / "project", pretrained_template, TUNE_SETTINGS)
+    monkeypatch.chdir(project)
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")  # a cluster (no connection is made here)
+    params = load_params(project / "params.yaml")
+    shipped = pickle.dumps(trial_data(params.tune, params.finetune))
+    assert str(project).encode() not in shipped and b"data/dataset" not in shipped
+
+    info = project / "data" / "dataset" / "info.json"
+    write_json(info, {**read_json(info), "in_memory_max_mb": 0})  # the pool is now streamed from shards
+    with pytest.raises(ValueError, match="ingest.in_memory_max_mb"):
+        trial_data(params.tune, params.finetune)
