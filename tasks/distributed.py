@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -78,6 +79,20 @@ def init_ray(num_cpus: float, num_gpus: int) -> bool:
         kwargs["num_gpus"] = num_gpus
     ray.init(address=address or None, **kwargs)
     return True
+
+
+def _check_placement(cfg: DistributedParams) -> None:
+    """Fail fast where the run could only wait forever (more GPUs asked of a local Ray than this
+    machine has), and warn where checkpoints would land on one machine's disk on a cluster."""
+    cluster = bool(os.environ.get("RAY_ADDRESS"))
+    if cfg.use_gpu and not cluster and torch.cuda.device_count() < cfg.workers:
+        raise ValueError(f"pretrain.distributed: {cfg.workers} GPU workers on a local Ray, but this machine has "
+                         f"{torch.cuda.device_count()} GPU(s): lower pretrain.distributed.workers, set use_gpu: false, "
+                         f"or set RAY_ADDRESS to a cluster with enough GPUs")
+    if cluster and cfg.storage_path is None:
+        warnings.warn(f"pretrain.distributed.storage_path is null: checkpoints go to {storage_path(cfg)} on the machine "
+                      f"rank 0 runs on; on a cluster of several machines set it to a shared directory or a URI "
+                      f"(s3://...) so that a restarted worker and this driver can read them", stacklevel=3)
 
 
 def _threads(cfg: DistributedParams) -> int:
@@ -169,6 +184,7 @@ def train_on_workers(
 
     storage = storage_path(dist_cfg)
     gpus = dist_cfg.workers if dist_cfg.use_gpu else 0
+    _check_placement(dist_cfg)
     started = init_ray(dist_cfg.workers * float(dist_cfg.resources_per_worker.get("CPU", 1)), gpus)
     try:
         if progress:

@@ -30,7 +30,6 @@ from tasks.io import read_json
 from tests.conftest import REPO, VENV_BIN, subprocess_env
 from tests.tasks.conftest import ingest_params, tiny_pretrain_params
 
-pytestmark = pytest.mark.e2e
 WORKERS = 2
 
 
@@ -117,6 +116,8 @@ def killed_run(stage_run, tmp_path_factory: pytest.TempPathFactory):
     return SimpleNamespace(run=run, killed=killed, cfg=cfg)
 
 
+@pytest.mark.e2e  # real processes: a local Ray and Ray Train workers
+@pytest.mark.xdist_group("ray_train")  # one worker builds the module's runs once
 def test_two_workers_train_to_the_end_and_the_stage_writes_the_encoder(stage_run) -> None:
     result, root = stage_run.result, stage_run.root
     assert (result.steps, result.epochs, result.resumed_from_step) == (18, 3, 0)
@@ -132,6 +133,8 @@ def test_two_workers_train_to_the_end_and_the_stage_writes_the_encoder(stage_run
     assert encoder["method"] == "simclr" and len(encoder["history"]) == 3
 
 
+@pytest.mark.e2e  # real processes: a local Ray and Ray Train workers
+@pytest.mark.xdist_group("ray_train")  # one worker builds the module's runs once
 def test_the_first_step_loss_is_the_global_batch_loss(stage_run, killed_run) -> None:
     """Step 1 on two workers (each its half of the batch, its own views) equals one process's loss
     on the whole batch of the same views: batch split, BatchNorm statistics and the loss's negatives
@@ -153,6 +156,8 @@ def test_the_first_step_loss_is_the_global_batch_loss(stage_run, killed_run) -> 
     assert step == 1 and metrics["loss"] == pytest.approx(expected, rel=1e-5)
 
 
+@pytest.mark.e2e  # real processes: a local Ray and Ray Train workers
+@pytest.mark.xdist_group("ray_train")  # one worker builds the module's runs once
 def test_a_killed_worker_restarts_from_the_last_checkpoint(stage_run, killed_run) -> None:
     run = killed_run.run
     assert killed_run.killed, "no worker was killed: the run ended before its first checkpoint was registered"
@@ -166,6 +171,7 @@ def test_a_killed_worker_restarts_from_the_last_checkpoint(stage_run, killed_run
 
 
 # ---------------------------------------------------------------------------------- one process
+@pytest.mark.e2e  # the sslpipe CLI in a process of its own, SIGKILLed
 def test_a_killed_pretrain_stage_resumes(validated, project: Path) -> None:
     """SIGKILL ``sslpipe stage pretrain`` once its first checkpoint is written; run it again: it
     resumes from that checkpoint and ends at the step count of the schedule."""
@@ -193,3 +199,12 @@ def test_a_killed_pretrain_stage_resumes(validated, project: Path) -> None:
     summary = read_json(paths.PRETRAIN_HISTORY)["summary"]
     assert summary["steps"] == 8 * 6 and 0 < summary["resumed_from_step"] < summary["steps"]
     assert paths.ENCODER.exists()
+
+
+# ---------------------------------------------------------------------------------- params
+def test_the_global_batch_must_split_over_the_workers() -> None:
+    from tasks.config import PretrainParams
+
+    with pytest.raises(ValueError, match=r"batch_size 30 does not split over 4 workers.*distributed\.workers"):
+        PretrainParams(batch_size=30, distributed={"workers": 4})
+    assert PretrainParams(batch_size=32, distributed={"workers": 4}).distributed.workers == 4
