@@ -7,6 +7,10 @@ a ``--temp-dir`` of its own, with token authentication on (a token of the fixtur
 this cluster's processes -- every process in the sessions its two ``ray start`` commands opened --
 never a bare ``ray stop``, which would end every Ray instance of the machine (other tests' too,
 under pytest-xdist), and fails if one survives.
+
+Use it from a test as a user would use a cluster: run the driver (``sslpipe``, a script) in a
+subprocess with ``env=ray_cluster.driver_env()``, and read ``ray_cluster.node_ids`` to check where
+work ran. Each node has one CPU (plus its label), so a job of two 1-CPU workers gets one per node.
 """
 
 from __future__ import annotations
@@ -96,6 +100,7 @@ def _ray_start(cluster: RayCluster, label: str, *args: str) -> None:
         proc.kill()
         out, _ = proc.communicate()
     assert proc.returncode == 0, f"ray start ({label}) failed ({proc.returncode}):\n{out[-4000:]}"
+    assert list(temp.glob("session_*")), f"ray start ({label}) made no session under its --temp-dir {temp}"
 
 
 def _node_ids(cluster: RayCluster) -> dict[str, str]:
