@@ -232,7 +232,7 @@ def test_finetune_then_evaluate(pretrained: Path) -> None:
 
     paths.BEST_CONFIG.parent.mkdir(parents=True)
     paths.BEST_CONFIG.write_text(json.dumps(BEST))
-    result = finetune(finetune_params(), progress=False, log_mlflow=False)
+    result = finetune(finetune_params(arms=list(BEST)), progress=False, log_mlflow=False)  # all five, not the default three
     assert set(result.fractions) == {"0.1", "0.5"}
     assert result.fractions["0.1"]["num_labels"] == 20 and result.fractions["0.5"]["num_labels"] == 100
     assert result.fractions["0.5"]["num_val"] == 20 and result.fractions["0.5"]["num_train"] == 80  # val carved from the labels
