@@ -1,9 +1,12 @@
-"""A real two-node Ray cluster on loopback, for tests of what runs across machines.
+"""A real two-node Ray cluster on this machine, for tests of what runs across machines.
 
 ``ray_cluster`` starts a head (``--resources '{"head": 1}'``) and a second node
 (``--resources '{"node2": 1}'``) with ``ray start``, one CPU each, each from a working directory and
-a ``--temp-dir`` of its own, with token authentication on (a token of the fixture's own). It yields a
-``RayCluster``: the address, the environment a driver needs, each node's id. Teardown stops exactly
+a ``--temp-dir`` of its own, with token authentication on (a token of the fixture's own). Where the
+machine allows it (root, iproute2), the second node runs in a network namespace of its own, joined
+by a veth link, each node with its own address: two hosts as far as Ray can tell (``tests/scaleout/
+netns.py``); elsewhere (or with SSLPIPE_TEST_RAY_LOOPBACK=1) both nodes share 127.0.0.1. It yields a ``RayCluster``: the address, the
+environment a driver needs, each node's id and address. Teardown stops exactly
 this cluster's processes -- every process in the sessions its two ``ray start`` commands opened --
 never a bare ``ray stop``, which would end every Ray instance of the machine (other tests' too,
 under pytest-xdist), and fails if one survives.
@@ -31,18 +34,21 @@ import psutil
 import pytest
 
 from tests.conftest import VENV_BIN, subprocess_env
+from tests.scaleout.netns import Link, close_link, open_link
 from tests.tasks.conftest import fashion_dir, pretrained_template  # noqa: F401 (fixtures, reused)
 
 LABELS = ("head", "node2")  # each node's custom resource, which names it
 START_TIMEOUT_S = 240  # `ray start` took ~40 s on 2 busy cores; a join waits for the head's GCS
 
-# Asks the cluster at RAY_ADDRESS for its live nodes until both labeled ones are up; prints their ids.
+# Asks the cluster at RAY_ADDRESS for its live nodes until both labeled ones are up; prints their
+# ids and addresses.
 _PROBE = """
 import json, time, ray
 ray.init(log_to_driver=False, configure_logging=False)
 deadline = time.monotonic() + 120
 while True:
-    ids = {label: n["NodeID"] for n in ray.nodes() if n["Alive"] for label in %r if label in n["Resources"]}
+    ids = {label: [n["NodeID"], n["NodeManagerAddress"]] for n in ray.nodes() if n["Alive"]
+           for label in %r if label in n["Resources"]}
     if len(ids) == %d or time.monotonic() > deadline:
         break
     time.sleep(0.5)
@@ -63,6 +69,8 @@ class RayCluster:
     address: str  # the GCS address, as `ray start --address` and RAY_ADDRESS take it
     env: dict[str, str]  # what a driver (`sslpipe`, a Ray script) needs: RAY_ADDRESS and the auth token
     root: Path  # the nodes' working and temp dirs
+    ips: dict[str, str]  # "head" / "node2" -> the node's address
+    link: Link | None = None  # node2's network namespace, where the machine allows one
     node_ids: dict[str, str] = field(default_factory=dict)  # "head" / "node2" -> Ray node id
     sessions: list[int] = field(default_factory=list)  # the session ids of the nodes' processes
 
@@ -84,10 +92,12 @@ class RayCluster:
 
 
 def _ray_start(cluster: RayCluster, label: str, *args: str) -> None:
-    """``ray start`` one node, labeled ``label``, in a session of its own (its daemons stay in it)."""
+    """``ray start`` one node, labeled ``label``, in a session of its own (its daemons stay in it);
+    node2 inside the namespace, when there is one."""
     cwd, temp = cluster.root / f"{label}-cwd", cluster.root / label
     cwd.mkdir()
-    cmd = [str(VENV_BIN / "ray"), "start", *args, "--node-ip-address", "127.0.0.1", "--num-cpus", "1",
+    prefix = cluster.link.exec_prefix() if cluster.link and label != "head" else []
+    cmd = [*prefix, str(VENV_BIN / "ray"), "start", *args, "--node-ip-address", cluster.ips[label], "--num-cpus", "1",
            "--resources", json.dumps({label: 1}), "--temp-dir", str(temp), "--disable-usage-stats",
            "--dashboard-agent-listen-port", str(free_port()), "--runtime-env-agent-port", str(free_port()),
            "--metrics-export-port", str(free_port())]
@@ -103,7 +113,7 @@ def _ray_start(cluster: RayCluster, label: str, *args: str) -> None:
     assert list(temp.glob("session_*")), f"ray start ({label}) made no session under its --temp-dir {temp}"
 
 
-def _node_ids(cluster: RayCluster) -> dict[str, str]:
+def _live_nodes(cluster: RayCluster) -> dict[str, list[str]]:
     probe = subprocess.run([str(VENV_BIN / "python"), "-c", _PROBE % (LABELS, len(LABELS))], cwd=cluster.root,
                            env=cluster.driver_env(), capture_output=True, text=True, timeout=240)
     assert probe.returncode == 0, f"the cluster did not answer:\n{probe.stderr[-4000:]}"
@@ -146,25 +156,34 @@ def _signal(proc: psutil.Process, sig: int) -> None:
 
 @pytest.fixture(scope="session")
 def ray_cluster() -> Iterator[RayCluster]:
-    """A head and a second node on 127.0.0.1, both alive; stopped (every process) at the end."""
+    """A head and a second node, both alive; stopped (every process) at the end."""
     # short: Ray's Unix sockets live under the temp dir, and a socket path has at most 107 bytes
     root = Path(tempfile.mkdtemp(prefix="sslray-", dir="/tmp"))
+    link = None if os.environ.get("SSLPIPE_TEST_RAY_LOOPBACK") == "1" else open_link()
+    ips = {"head": link.host_ip, "node2": link.guest_ip} if link else {"head": "127.0.0.1", "node2": "127.0.0.1"}
     port = free_port()
-    address = f"127.0.0.1:{port}"
+    address = f"{ips['head']}:{port}"
     env = {"RAY_ADDRESS": address, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
            "RAY_USAGE_STATS_ENABLED": "0"}
-    cluster = RayCluster(address=address, env=env, root=root)
+    cluster = RayCluster(address=address, env=env, root=root, ips=ips, link=link)
     try:
         _ray_start(cluster, "head", "--head", "--port", str(port), "--include-dashboard", "false",
                    "--dashboard-port", str(free_port()))
         _ray_start(cluster, "node2", "--address", address)
-        cluster.node_ids = _node_ids(cluster)
-        assert set(cluster.node_ids) == set(LABELS), f"live labeled nodes: {cluster.node_ids}"
+        nodes = _live_nodes(cluster)
+        assert set(nodes) == set(LABELS), f"live labeled nodes: {nodes}"
+        if link:  # two network stacks: each node at its own address (on loopback Ray may report the host's)
+            assert {label: ip for label, (_, ip) in nodes.items()} == ips, f"live labeled nodes: {nodes}"
+        cluster.node_ids = {label: node_id for label, (node_id, _) in nodes.items()}
         yield cluster
     finally:
         left = stop_cluster(cluster)
+        in_netns = link.pids() if link else []
+        if link:
+            close_link(link)
         shutil.rmtree(root, ignore_errors=True)
         assert not left, f"processes of the Ray cluster survived its teardown: {[(p.pid, _name(p)) for p in left]}"
+        assert not in_netns, f"processes left in network namespace {link.name}: {in_netns}"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
