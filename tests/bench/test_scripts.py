@@ -127,3 +127,17 @@ def test_label_efficiency_reports_mean_std_and_ties(monkeypatch) -> None:
     tie = "\n".join(module.report({0: run(0.80, 0.70), 1: run(0.70, 0.80), 2: run(0.76, 0.75)}))
     assert "a tie (under 2 std)" in tie
     assert "shipped (validation-best) per seed: ssl_finetune, supervised, ssl_finetune" in tie
+
+
+@pytest.mark.e2e  # starts a local Ray and Ray Train workers
+def test_distributed_compares_workers_with_one_process(fashion_dir: Path) -> None:
+    out = run_script("distributed.py", "--images", "128", "--batch-size", "32", "--epochs", "1", "--width", "4",
+                     "--precision", "fp32", data_dir=fashion_dir)
+    assert out.returncode == 0, out.stderr
+    assert "shared" in out.stdout and "ray.init:" in out.stdout and "4 steps" in out.stdout
+    rows = table(out.stdout)
+    assert [(r[0], r[1]) for r in rows] == [("1 process (no Ray)", "1"), ("Ray Train, 1 worker", "1"),
+                                            ("Ray Train, 2 workers", "2")]
+    single, one_worker, two = (number(r[2]) for r in rows)
+    assert rows[0][3] == "1.00x" and number(rows[1][3]) == pytest.approx(one_worker / single, abs=0.015)
+    assert rows[1][4] == "" and number(rows[2][4]) == pytest.approx(100 * two / (2 * one_worker), abs=1.5)
