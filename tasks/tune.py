@@ -111,9 +111,10 @@ def _check_placement(cfg: TuneParams, local: bool) -> None:
     msg = (f"no Ray node can hold a tune trial, which asks for {trial_resources(cfg)} "
            f"(tune.cpus_per_trial, tune.gpus_per_trial, tune.resources_per_trial); the nodes have: {have}")
     if local:
-        raise ValueError(f"{msg}. Custom resources are node labels of a cluster: set RAY_ADDRESS to a cluster "
-                         f"whose nodes were started with them (`ray start --resources`), or set "
-                         f"tune.resources_per_trial={{}}")
+        hint = (" Custom resources are node labels of a cluster: set RAY_ADDRESS to a cluster whose nodes were "
+                "started with them (`ray start --resources`), or set tune.resources_per_trial={}."
+                if cfg.resources_per_trial else " Ask for what this machine has.")
+        raise ValueError(f"{msg}.{hint}")
     print(f"warning: {msg}; trials wait until such a node joins", file=sys.stderr, flush=True)
 
 
