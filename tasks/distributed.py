@@ -16,6 +16,7 @@ the pickled loop config), never a path that exists only on the driver.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -113,6 +114,14 @@ def _restore(local: Path) -> list[list[Any]]:
         return json.loads(steps.read_text()) if steps.exists() else []
 
 
+def _record(steps: list[list[Any]], step: int, metrics: dict[str, float]) -> None:
+    """Append rank 0's ``on_step`` record; records at or after ``step`` are another start's (a
+    checkpoint of another config, which the engine did not resume) and are dropped first."""
+    while steps and steps[-1][0] >= step:
+        steps.pop()
+    steps.append([step, metrics])
+
+
 def _worker_loop(config: dict[str, Any]) -> None:
     """One worker: build the method, restore the last checkpoint, run the engine; rank 0 hands every
     checkpoint to Ray Train, and at the end one with the run's summary as its metrics."""
@@ -141,7 +150,7 @@ def _worker_loop(config: dict[str, Any]) -> None:
             ray.train.report(metrics, checkpoint=Checkpoint.from_directory(str(local)) if main else None)
 
         result = train(method, images, cfg, local / CHECKPOINT_FILE,
-                       on_step=(lambda step, metrics: steps.append([step, metrics])) if main else None,
+                       on_step=functools.partial(_record, steps) if main else None,
                        on_epoch=config["on_epoch"] if main else None, progress=False,
                        on_checkpoint=lambda step: report({"step": step}))
         report({"step": result.steps, **{k: getattr(result, k) for k in SUMMARY_KEYS}})

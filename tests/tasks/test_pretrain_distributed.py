@@ -208,3 +208,15 @@ def test_the_global_batch_must_split_over_the_workers() -> None:
     with pytest.raises(ValueError, match=r"batch_size 30 does not split over 4 workers.*distributed\.workers"):
         PretrainParams(batch_size=30, distributed={"workers": 4})
     assert PretrainParams(batch_size=32, distributed={"workers": 4}).distributed.workers == 4
+
+
+def test_step_records_continue_a_resumed_run_and_restart_with_a_fresh_one() -> None:
+    """Rank 0's per-step log, restored from a checkpoint: a resumed run appends to it; a run that
+    started afresh (the checkpoint was another config's) replaces it."""
+    from tasks.distributed import _record
+
+    steps = [[10, {"loss": 3.0}], [20, {"loss": 2.0}]]  # restored: the checkpoint at step 20
+    _record(steps, 30, {"loss": 1.0})
+    assert [s for s, _ in steps] == [10, 20, 30]
+    _record(steps, 10, {"loss": 4.0})  # a fresh start logs step 10 again
+    assert steps == [[10, {"loss": 4.0}]]
