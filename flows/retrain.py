@@ -152,9 +152,9 @@ def _decide_and_run(setup, force: bool, waited_s: float, logger) -> dict[str, An
     }
     r["data_changed"] = champion is None or champion.data_version != data_version
     if champion is not None:
-        x_train, _ = load_dataset(require_validation=False).split("train")
+        x_train, _ = load_dataset(require_validation=False).split("train", stream=True)  # only the sample is read
         start = time.perf_counter()
-        r["drift_score"] = champion_drift(champion, x_train.numpy(), cfg.drift_images)
+        r["drift_score"] = champion_drift(champion, x_train, cfg.drift_images)
         logger.info("drift score %s (threshold %s) in %.1f s", r["drift_score"], cfg.drift_threshold,
                     time.perf_counter() - start)
     r["drifted"] = r["drift_score"] is not None and r["drift_score"] > cfg.drift_threshold

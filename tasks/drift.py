@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ssl_models.data.shards import ShardedImages
 from ssl_models.evaluation import extract_features
 from tasks.models import load_classifier
 from tasks.registry import Champion
@@ -19,8 +20,9 @@ from tasks.registry import Champion
 REFERENCE_IMAGES = 1000  # training images a registered model keeps as its drift reference
 
 
-def sample_rows(images: np.ndarray | Tensor, n: int, seed: int = 0) -> np.ndarray:
-    """A seeded sample of at most ``n`` rows of ``images`` (uint8 (N, C, H, W)), in index order."""
+def sample_rows(images: np.ndarray | Tensor | ShardedImages, n: int, seed: int = 0) -> np.ndarray:
+    """A seeded sample of at most ``n`` rows of ``images`` (uint8 (N, C, H, W)), in index order; of
+    a ``ShardedImages`` pool only those rows are read."""
     total = len(images)
     index = np.sort(np.random.default_rng(seed).permutation(total)[: min(n, total)])
     return np.ascontiguousarray(np.asarray(images[index]))
@@ -56,9 +58,11 @@ def embedding_drift(encoder: nn.Module, reference: np.ndarray, new: np.ndarray) 
     return mmd_rbf(f_ref, f_new)
 
 
-def champion_drift(champion: Champion, new_train: np.ndarray, images: int, seed: int = 0) -> float | None:
+def champion_drift(champion: Champion, new_train: np.ndarray | Tensor | ShardedImages, images: int,
+                   seed: int = 0) -> float | None:
     """MMD^2 between the champion's encoder features of its training images (the reference it
-    logged at registration) and of a sample of ``new_train`` (uint8 (N, C, H, W)).
+    logged at registration) and of a sample of ``new_train`` (uint8 (N, C, H, W); of a streamed
+    pool only the sample is read).
 
     Returns:
         The score; None when the champion's run holds no drift reference (registered before

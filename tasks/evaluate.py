@@ -1,6 +1,10 @@
 """Stage 6 -- evaluate, on the held-out test split: kNN top-1 (k=20, cosine) and linear-probe
 top-1 on frozen SSL features, with raw pixels and a random-init encoder as references; fine-tuned
-and supervised-baseline top-1 per label fraction; per-class accuracy; plots."""
+and supervised-baseline top-1 per label fraction; per-class accuracy; plots.
+
+Works on splits streamed from the shards (``ingest.in_memory_max_mb``) with memory bounded by the
+batch sizes plus the (N, D) features: images are read a batch at a time, raw-pixel kNN compares
+chunks of the test split with chunks of the train bank."""
 
 from __future__ import annotations
 
@@ -10,7 +14,8 @@ import numpy as np
 import torch
 
 from ssl_models.classifier import predict_logits
-from ssl_models.evaluation import extract_features, knn_top1, linear_probe
+from ssl_models.evaluation import FlatPixels, extract_features, knn_top1, linear_probe
+from ssl_models.evaluation.knn import Features
 from tasks import paths, plots
 from tasks.config import EvaluateParams, FinetuneParams
 from tasks.dataset import load_dataset
@@ -27,13 +32,13 @@ def _confusion(y_true: np.ndarray, y_pred: np.ndarray, k: int) -> np.ndarray:
 def evaluate(cfg: EvaluateParams, finetune_cfg: FinetuneParams, log_mlflow: bool = True) -> dict[str, Any]:
     """Compute every metric, write ``reports/metrics.json`` and ``reports/plots/``."""
     data = load_dataset()
-    x_train, y_train = data.split("train")
-    labeled = y_train >= 0
-    x_bank, y_bank = x_train[labeled], y_train[labeled]
+    # tensors, or pools streamed from the shards when bigger than ingest.in_memory_max_mb: every
+    # pass below reads them a batch at a time, so the same numbers come out either way
+    x_bank, y_bank = data.split("train", labeled=True)
     x_test, y_test = data.split("test")
     k = data.num_classes
 
-    def knn(bank: torch.Tensor, test: torch.Tensor) -> float:
+    def knn(bank: Features, test: Features) -> float:
         return knn_top1(bank, y_bank, test, y_test, k, cfg.knn_k, cfg.knn_temperature)
 
     encoder, blob = load_encoder(paths.ENCODER)
@@ -43,7 +48,7 @@ def evaluate(cfg: EvaluateParams, finetune_cfg: FinetuneParams, log_mlflow: bool
     metrics: dict[str, Any] = {
         "knn_top1": knn(f_bank, f_test),
         "linear_top1": float((linear_probe(f_bank, y_bank, f_test, k, cfg.linear_l2)[0] == y_test).float().mean()),
-        "knn_top1_raw_pixels": knn(x_bank.flatten(1).float(), x_test.flatten(1).float()),
+        "knn_top1_raw_pixels": knn(FlatPixels(x_bank), FlatPixels(x_test)),  # chunked: N x pixels floats may not fit
         "knn_top1_random_init": knn(extract_features(random_encoder, x_bank), extract_features(random_encoder, x_test)),
         "num_test": len(y_test),
     }

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ssl_models.data.shards import ShardedImages
 from tasks import paths, registry
 from tasks.config import FinetuneParams, RegisterParams
 from tasks.dataset import Dataset, load_dataset
@@ -132,8 +133,8 @@ def _log_and_register(cfg: RegisterParams, finetune_cfg: FinetuneParams, data: D
     value = float(metrics[cfg.metric])
     classifier_file = paths.classifier_path(arm, fraction)
     classifier, _ = load_classifier(classifier_file)
-    x_train, _ = data.split("train")
-    x_test, _ = data.split("test")
+    x_train, _ = data.split("train", stream=True)  # only the drift reference's sample is read
+    x_test, _ = data.split("test", stream=True)
     info = log_served_model(classifier, data.classes, (x_test[:4].float() / 255).numpy())
     mlflow.log_metric(cfg.metric, value)
     mlflow.log_dict({"classes": data.classes}, "model/classes.json")
@@ -176,13 +177,14 @@ def model_card(metrics: dict, fraction: float, data_version: str, smoke: bool = 
     return {"tags": tags, "description": description}
 
 
-def _log_drift_reference(x_train: torch.Tensor, classifier_file: Path) -> None:
-    """The training images' sample and the classifier the retrain flow measures drift against."""
+def _log_drift_reference(x_train: torch.Tensor | ShardedImages, classifier_file: Path) -> None:
+    """The training images' sample and the classifier the retrain flow measures drift against
+    (only the sampled rows are read from a streamed pool)."""
     import mlflow
 
     from tasks.drift import REFERENCE_IMAGES, sample_rows
 
     with tempfile.TemporaryDirectory() as tmp:
-        np.save(Path(tmp) / "reference_images.npy", sample_rows(x_train.numpy(), REFERENCE_IMAGES))
+        np.save(Path(tmp) / "reference_images.npy", sample_rows(x_train, REFERENCE_IMAGES))
         mlflow.log_artifact(str(Path(tmp) / "reference_images.npy"), "drift")
     mlflow.log_artifact(str(classifier_file), "drift")

@@ -193,7 +193,7 @@ class ShardedImages:
 
     What the training engine and the evaluation helpers use of a tensor pool works: ``shape``,
     ``len``, ``pool[idx]`` with a LongTensor, a bool mask, a slice or an int (returning a uint8
-    tensor), and ``pool.split(n)``. Peak memory is the batch asked for, whatever N is; ``load()``
+    tensor), ``pool.split(n)`` and ``pool.tensor_split(n)`` (pools). Peak memory is the batch asked for, whatever N is; ``load()``
     reads the whole pool into a tensor, for callers that know it fits.
 
     Args:
@@ -236,6 +236,11 @@ class ShardedImages:
     def subset(self, positions: np.ndarray) -> ShardedImages:
         """The pool of the images at ``positions`` (a view: nothing is read)."""
         return ShardedImages(self.reader, self.rows[np.asarray(positions, dtype=np.int64)])
+
+    def tensor_split(self, sections: int) -> tuple[ShardedImages, ...]:
+        """``sections`` consecutive pools of nearly equal size, as ``Tensor.tensor_split`` cuts them
+        (the first ``len % sections`` one image larger); views, nothing is read."""
+        return tuple(self.subset(part) for part in np.array_split(np.arange(len(self)), sections))
 
     def split(self, size: int) -> Iterator[Tensor]:
         """Consecutive chunks of ``size`` images, as ``Tensor.split`` gives them (lazily)."""

@@ -1,21 +1,25 @@
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 from torch import Tensor, nn
 
 from ssl_models.augment import to_float
+from ssl_models.data.shards import ShardedImages
 from ssl_models.device import autocast, autocast_dtype
 
 
 @torch.no_grad()
 def extract_features(
     model: nn.Module,
-    images: Tensor,
+    images: Tensor | ShardedImages,
     batch_size: int = 1024,
     device: torch.device | str = "cpu",
     precision: str = "auto",
 ) -> Tensor:
-    """Run ``model`` in eval mode over uint8 (or [0, 1] float) images.
+    """Run ``model`` in eval mode over uint8 (or [0, 1] float) images, ``batch_size`` at a time (a
+    ``ShardedImages`` pool is read a batch at a time, so only the features grow with N).
 
     Returns:
         (N, D) float32 features on the CPU.
@@ -31,3 +35,23 @@ def extract_features(
             out.append(model(x).float().cpu())
     model.train(was_training)
     return torch.cat(out) if out else torch.empty(0)
+
+
+class FlatPixels:
+    """The images of a pool as float rows (n, C*H*W), ``chunk`` images at a time: the features of a
+    raw-pixel kNN (``knn_predict`` takes them as either side) without holding N x C*H*W floats, which
+    for 60k 32x32 RGB images would be 740 MB. Re-iterable: each pass reads the pool again.
+
+    Args:
+        images: uint8 (N, C, H, W), a tensor or a ``ShardedImages`` pool.
+    """
+
+    def __init__(self, images: Tensor | ShardedImages, chunk: int = 4096):
+        self.images = images
+        self.chunk = chunk
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def __iter__(self) -> Iterator[Tensor]:
+        return (part.flatten(1).float() for part in self.images.split(self.chunk))

@@ -1,17 +1,57 @@
-"""Weighted kNN classifier on cosine similarity (Wu et al., 2018, arXiv:1805.01978; as in DINO)."""
+"""Weighted kNN classifier on cosine similarity (Wu et al., 2018, arXiv:1805.01978; as in DINO).
+
+Either side may be a tensor of features or an iterable of consecutive row chunks (``FlatPixels``:
+raw pixels of a pool read a chunk at a time), so a bank bigger than memory is compared chunk by
+chunk, keeping only each query's running top ``k``.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+Features = Tensor | Iterable[Tensor]  # (N, D), or its rows as consecutive (n_i, D) chunks (re-iterable)
+
+
+def _bank(train_features: Features) -> Callable[[], Iterable[Tensor]]:
+    """The bank's L2-normalised chunks, once per call: a tensor is normalised once and kept, an
+    iterable of chunks is read (and normalised) again for every query chunk."""
+    if isinstance(train_features, Tensor):
+        whole = [F.normalize(train_features.float(), dim=1)]
+        return lambda: whole
+    return lambda: (F.normalize(chunk.float(), dim=1) for chunk in train_features)
+
+
+@torch.no_grad()
+def _top_k(query: Tensor, bank: Iterable[Tensor], k: int) -> tuple[Tensor, Tensor]:
+    """The ``k`` largest cosine similarities of each normalised query row to the bank, and the bank
+    rows they belong to: (m, k) each, merged chunk by chunk."""
+    top_sim = top_idx = None
+    offset = 0
+    for chunk in bank:
+        sim = query @ chunk.T  # (m, n_chunk)
+        if top_sim is None:  # the first chunk: no merge (a one-chunk bank is plain topk)
+            top_sim, pos = sim.topk(min(k, sim.shape[1]), dim=1)
+            top_idx = pos + offset
+        else:
+            kept = top_sim.shape[1]
+            candidates = torch.cat([top_sim, sim], 1)  # (m, kept + n_chunk)
+            top_sim, pos = candidates.topk(min(k, candidates.shape[1]), dim=1)
+            top_idx = torch.where(pos < kept, top_idx.gather(1, pos.clamp(max=kept - 1)), pos - kept + offset)
+        offset += chunk.shape[0]
+    if top_sim is None:
+        raise ValueError("kNN: the train bank is empty")
+    return top_sim, top_idx
+
 
 @torch.no_grad()
 def knn_predict(
-    train_features: Tensor,
+    train_features: Features,
     train_labels: Tensor,
-    test_features: Tensor,
+    test_features: Features,
     num_classes: int,
     k: int = 20,
     temperature: float = 0.07,
@@ -21,29 +61,28 @@ def knn_predict(
     weight ``exp(similarity / temperature)``.
 
     Args:
-        train_features: (N, D); train_labels: (N,) int64 in [0, num_classes).
-        test_features: (M, D).
+        train_features: (N, D), or its rows in consecutive chunks (read once per test chunk).
+        train_labels: (N,) int64 in [0, num_classes).
+        test_features: (M, D), compared ``chunk`` rows at a time, or its rows in chunks.
 
     Returns:
         (M,) predicted labels.
     """
-    train = F.normalize(train_features.float(), dim=1)
-    test = F.normalize(test_features.float(), dim=1)
-    k = min(k, train.shape[0])
+    bank = _bank(train_features)
+    queries = test_features.split(chunk) if isinstance(test_features, Tensor) else test_features
     preds = []
-    for start in range(0, test.shape[0], chunk):
-        sim = test[start : start + chunk] @ train.T  # (m, N)
-        top_sim, top_idx = sim.topk(k, dim=1)  # (m, k)
-        votes = torch.zeros(sim.shape[0], num_classes, device=sim.device)
+    for query in queries:
+        top_sim, top_idx = _top_k(F.normalize(query.float(), dim=1), bank(), k)  # (m, k)
+        votes = torch.zeros(top_sim.shape[0], num_classes, device=top_sim.device)
         votes.scatter_add_(1, train_labels[top_idx], (top_sim / temperature).exp())
         preds.append(votes.argmax(1))
-    return torch.cat(preds)
+    return torch.cat(preds) if preds else torch.empty(0, dtype=torch.long)
 
 
 def knn_top1(
-    train_features: Tensor,
+    train_features: Features,
     train_labels: Tensor,
-    test_features: Tensor,
+    test_features: Features,
     test_labels: Tensor,
     num_classes: int,
     k: int = 20,

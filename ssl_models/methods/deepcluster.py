@@ -11,6 +11,8 @@ mean is the one-process loss.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -18,6 +20,7 @@ from torch import Tensor, nn
 from ssl_models import dist
 from ssl_models.augment import ViewAugment, to_float
 from ssl_models.backbones import Encoder
+from ssl_models.data.shards import ShardedImages
 from ssl_models.device import autocast, autocast_dtype
 from ssl_models.heads import ProjectionHead
 from ssl_models.methods.base import (
@@ -29,25 +32,28 @@ from ssl_models.methods.base import (
 from ssl_models.methods.kmeans import assign, kmeans
 
 
-def image_keys(images: Tensor) -> Tensor:
+def image_keys(images: Tensor | ShardedImages, chunk: int = 2048) -> Tensor:
     """An exact-enough hash of each image's pixels, to find a batch image's pseudo-label in the pool.
 
     A dot product of the uint8 pixels with fixed pseudo-random weights below 2^31 (no overflow up to
-    ~4 M pixels per image); distinct images collide with negligible probability.
+    ~4 M pixels per image); distinct images collide with negligible probability. Computed ``chunk``
+    images at a time: the int64 products of a whole pool would take 8 bytes per pixel, and a
+    streamed pool is read a chunk at a time.
 
     Args:
-        images: (N, C, H, W) uint8 or float in [0, 1].
+        images: (N, C, H, W) uint8 or float in [0, 1]: a tensor, or a ``ShardedImages`` pool.
 
     Returns:
         (N,) int64.
     """
-    pixels = images.flatten(1)
-    if pixels.dtype != torch.uint8:
-        pixels = (to_float(pixels) * 255).round()
-    weights = torch.randint(1, 2**31 - 1, (pixels.shape[1],), generator=torch.Generator().manual_seed(0))
-    weights = weights.to(pixels.device)
-    # in chunks: the int64 products of a whole pool would take 8 bytes per pixel
-    return torch.cat([(chunk.long() * weights).sum(1) for chunk in pixels.split(2048)])
+    weights = torch.randint(1, 2**31 - 1, (math.prod(images.shape[1:]),), generator=torch.Generator().manual_seed(0))
+    keys = []
+    for part in images.split(chunk):
+        pixels = part.flatten(1)
+        if pixels.dtype != torch.uint8:
+            pixels = (to_float(pixels) * 255).round()
+        keys.append((pixels.long() * weights.to(pixels.device)).sum(1))
+    return torch.cat(keys) if keys else torch.empty(0, dtype=torch.long)
 
 
 class DeepCluster(SSLMethod):
@@ -105,9 +111,10 @@ class DeepCluster(SSLMethod):
         return F.normalize(z.float() - self.feature_mean, dim=1)
 
     @torch.no_grad()
-    def _embed_pool(self, images: Tensor) -> Tensor:
-        """Eval-mode features of the pool (N, C, H, W) uint8 -> (N, D) float32; across workers each
-        embeds its ``tensor_split`` share and the shares are gathered in rank order."""
+    def _embed_pool(self, images: Tensor | ShardedImages) -> Tensor:
+        """Eval-mode features of the pool (N, C, H, W) uint8 -> (N, D) float32, read 1024 images at a
+        time; across workers each embeds its ``tensor_split`` share and the shares are gathered in
+        rank order."""
         device = self.classifier.weight.device
         shares = images.tensor_split(dist.world_size())
         was_training = self.training
@@ -119,9 +126,11 @@ class DeepCluster(SSLMethod):
         return dist.gather_parts(z, [len(s) for s in shares])
 
     @torch.no_grad()
-    def on_epoch_start(self, epoch: int, images: Tensor) -> None:
+    def on_epoch_start(self, epoch: int, images: Tensor | ShardedImages) -> None:
         """Recompute the pseudo-labels of the pool (N, C, H, W) uint8 and reset the classifier.
-        Across workers ``images`` is the whole pool on every worker."""
+        Across workers ``images`` is the whole pool on every worker. A ``ShardedImages`` pool is
+        read in chunks (features, then pixel keys): memory grows with N only by the (N, D)
+        features and the keys and labels, never by the pixels."""
         device = self.classifier.weight.device
         z = self._embed_pool(images)  # (N, D)
         generator = torch.Generator().manual_seed(epoch)
