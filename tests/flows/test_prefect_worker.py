@@ -12,12 +12,12 @@ which the deployment's pull step enters), as on a machine of its own.
    (``register.min_improvement``): DVC finds the stages up to evaluate cached (the built
    project's outputs), so the flow run re-runs the register stage, for real: the chosen model
    logged to the copy's MLflow server and registered as the first version of its empty registry
-   (the champion); dvc.lock records the new parameter. About 2 minutes on 2 busy cores.
+   (the champion); dvc.lock records the new parameter.
 2. The retrain deployment (smoke): ingest cached, the data is the new champion's, its drift score
    computed with the champion's encoder loaded from MLflow: decision "skipped", Completed.
 
-Measured on 2 busy cores (load 3-10): 260 s in all (servers, pool and deploy 63 s; pipeline run
-117 s; retrain run 45 s; stopping 23 s).
+Measured on 2 cores shared with other work (load 7-10): 182-260 s in all (servers, pool and
+deploy 60 s; pipeline run 72-117 s; retrain run 27-45 s; stopping 12-23 s).
 """
 
 from __future__ import annotations
