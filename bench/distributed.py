@@ -30,8 +30,8 @@ import time
 from dataclasses import dataclass
 
 import torch
-
 from _common import load_average, load_fashion_mnist, setup_lines
+
 from ssl_models.engine import pretrain_schedule, train
 from tasks.config import DistributedParams, PretrainParams
 from tasks.distributed import train_on_workers

@@ -30,7 +30,6 @@ from ssl_models.run_state import RunState, resume, save_checkpoint
 from ssl_models.training import Runtime, Schedule, Throughput
 
 
-
 @dataclass
 class TrainConfig:
     """How to train (the method's own hyperparameters live on the method).

@@ -19,7 +19,12 @@ import torch
 from torch import Tensor, nn
 
 from ssl_models import dist
-from ssl_models.device import autocast, autocast_dtype, resolve_device, use_channels_last
+from ssl_models.device import (
+    autocast,
+    autocast_dtype,
+    resolve_device,
+    use_channels_last,
+)
 from ssl_models.schedules import warmup_cosine
 
 Out = TypeVar("Out")

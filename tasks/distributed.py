@@ -10,8 +10,10 @@ worker can reach. When a worker dies, Ray Train restarts the worker group (up to
 (``ray.train.get_checkpoint``) at its exact step. A killed driver resumes the same way when the
 stage is run again: Ray Train finds the run's checkpoints under ``storage_path``/``name``.
 
-Everything a worker reads comes through Ray (the images through the object store, the rest in
-the pickled loop config), never a path that exists only on the driver.
+Everything a worker reads comes through Ray (images that fit in memory through the object store,
+the rest in the pickled loop config). The one exception is a pool too large for memory
+(``ShardedImages``, streamed from the dataset's shard files): workers read those files at their
+absolute paths, so on a cluster every node must see them there (a shared filesystem).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from typing import Any
 import torch
 
 from ssl_models import checkpoint
+from ssl_models.data.shards import ShardedImages
 from ssl_models.engine import EpochCallback, TrainConfig, TrainResult, train
 from ssl_models.methods.base import SSLMethod
 from tasks import paths
@@ -100,6 +103,28 @@ def _threads(cfg: DistributedParams) -> int:
     return max(1, int(cfg.resources_per_worker.get("CPU", 1)))
 
 
+def _ship(images: torch.Tensor | ShardedImages) -> Any:
+    """What travels to the workers for ``images``: a tensor's array through the object store
+    (zero-copy for workers on the same node), or a shard-streamed pool as it is (its reader pickles
+    to the shard files' absolute paths)."""
+    import ray
+
+    if isinstance(images, torch.Tensor):
+        return ray.put(images.numpy())
+    if os.environ.get("RAY_ADDRESS"):
+        warnings.warn("the training images are streamed from the dataset's shard files on this machine: every node "
+                      "of the cluster must see them at the same absolute paths (a shared filesystem), or raise "
+                      "ingest.in_memory_max_mb so that they travel through Ray's object store", stacklevel=3)
+    return images
+
+
+def _receive(shipped: Any) -> torch.Tensor | ShardedImages:
+    """The worker's side of ``_ship``."""
+    import ray
+
+    return torch.from_numpy(ray.get(shipped)) if isinstance(shipped, ray.ObjectRef) else shipped
+
+
 def _restore(local: Path) -> list[list[Any]]:
     """Copy the last reported checkpoint (if any) into ``local``, where the engine resumes from it;
     return its per-step records."""
@@ -125,7 +150,6 @@ def _record(steps: list[list[Any]], step: int, metrics: dict[str, float]) -> Non
 def _worker_loop(config: dict[str, Any]) -> None:
     """One worker: build the method, restore the last checkpoint, run the engine; rank 0 hands every
     checkpoint to Ray Train, and at the end one with the run's summary as its metrics."""
-    import ray
     import ray.train
     from ray.train import Checkpoint
 
@@ -136,7 +160,7 @@ def _worker_loop(config: dict[str, Any]) -> None:
 
         torch.cuda.set_device(get_device())
         cfg = replace(cfg, device="cuda")  # the current device: this worker's GPU
-    images = torch.from_numpy(ray.get(config["images"]))
+    images = _receive(config["images"])
     method = config["build"](images)
     main = ray.train.get_context().get_world_rank() == 0
     local = Path(tempfile.mkdtemp(prefix="sslpipe-pretrain-"))
@@ -160,7 +184,7 @@ def _worker_loop(config: dict[str, Any]) -> None:
 
 def train_on_workers(
     build: MethodBuilder,
-    images: torch.Tensor,
+    images: torch.Tensor | ShardedImages,
     cfg: TrainConfig,
     dist_cfg: DistributedParams,
     *,
@@ -173,7 +197,8 @@ def train_on_workers(
 
     Args:
         build: makes the method in each worker (picklable: it travels to the workers).
-        images: (N, C, H, W) uint8, shipped once through Ray's object store.
+        images: (N, C, H, W) uint8: a tensor (shipped once through Ray's object store) or a
+            shard-streamed pool (``ShardedImages``, read by the workers from its files).
         cfg: the engine's config; ``batch_size`` is the global batch.
         dist_cfg: workers, resources, storage and restarts.
         name: the run's name under the storage path (a rerun with the same name resumes it).
@@ -188,7 +213,13 @@ def train_on_workers(
             the storage holding the last checkpoint, from which a rerun resumes.
     """
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
+    from ray.train import (
+        CheckpointConfig,
+        FailureConfig,
+        RunConfig,
+        ScalingConfig,
+        TrainingFailedError,
+    )
     from ray.train.torch import TorchTrainer
 
     storage = storage_path(dist_cfg)
@@ -201,7 +232,7 @@ def train_on_workers(
                   f"batch {cfg.batch_size // dist_cfg.workers} each; checkpoints in {storage}/{name}", flush=True)
         trainer = TorchTrainer(
             _worker_loop,
-            train_loop_config={"train": cfg, "build": build, "on_epoch": on_epoch, "images": ray.put(images.numpy()),
+            train_loop_config={"train": cfg, "build": build, "on_epoch": on_epoch, "images": _ship(images),
                                "threads": _threads(dist_cfg), "use_gpu": dist_cfg.use_gpu},
             scaling_config=ScalingConfig(num_workers=dist_cfg.workers, use_gpu=dist_cfg.use_gpu,
                                          resources_per_worker=dict(dist_cfg.resources_per_worker)),

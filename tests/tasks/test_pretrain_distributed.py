@@ -194,7 +194,7 @@ def test_a_killed_pretrain_stage_resumes(validated, project: Path) -> None:
             proc.wait()
     assert proc.returncode == -signal.SIGKILL, err[-2000:]
     assert not paths.ENCODER.exists()
-    again = subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True, timeout=600)
+    again = subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True, timeout=600, check=False)
     assert again.returncode == 0, again.stderr[-2000:]
     summary = read_json(paths.PRETRAIN_HISTORY)["summary"]
     assert summary["steps"] == 8 * 6 and 0 < summary["resumed_from_step"] < summary["steps"]
