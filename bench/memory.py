@@ -7,7 +7,10 @@ is setup, not measured) at 1x and 4x size (the first N and 4N images). For each 
   processes: images/s, and the peak RSS of the ingest process and of its largest worker;
 - **pretrain** (SimCLR, the engine's loop, a fixed number of steps) on the split read into RAM
   (the default below ``ingest.in_memory_max_mb``) and streamed from the shards
-  (``in_memory_max_mb: 0``): images/s and peak RSS.
+  (``in_memory_max_mb: 0``): images/s and peak RSS;
+- **evaluate**'s data path, in RAM and streamed: features of the labeled train bank and the test
+  split (a random-init encoder), kNN on them and on raw pixels (chunked on both sides): seconds,
+  the two top-1 figures (equal in both modes) and peak RSS.
 
 Each measurement runs in a fresh process, so each peak is its own. The goal: memory nearly flat
 while the data grow 4x on the streamed path, and no speed lost by the default path.
@@ -66,6 +69,30 @@ def child_pretrain(dataset: str, in_memory_max_mb: float, steps: int, batch_size
             "peak_mb": peak_mb()}
 
 
+def child_evaluate(dataset: str, in_memory_max_mb: float) -> dict:
+    """The evaluate stage's data path: features of the labeled train bank and the test split, kNN on
+    them and on raw pixels (a seeded random-init encoder: the memory does not depend on the weights;
+    the stage's classifiers are left out)."""
+    import torch
+
+    from ssl_models.evaluation import FlatPixels, extract_features, knn_top1
+    from tasks.dataset import load_dataset
+    from tasks.models import build_encoder, encoder_spec
+
+    torch.set_num_threads(1)
+    data = load_dataset(Path(dataset), require_validation=False, in_memory_max_mb=in_memory_max_mb)
+    x_bank, y_bank = data.split("train", labeled=True)
+    x_test, y_test = data.split("test")
+    torch.manual_seed(0)
+    encoder = build_encoder(encoder_spec("small_cnn", int(x_bank.shape[1]), 32, [0.3], [0.3]))
+    start = time.perf_counter()
+    features = knn_top1(extract_features(encoder, x_bank), y_bank, extract_features(encoder, x_test), y_test,
+                        data.num_classes)
+    pixels = knn_top1(FlatPixels(x_bank), y_bank, FlatPixels(x_test), y_test, data.num_classes)
+    return {"pool": type(x_bank).__name__, "bank_images": int(x_bank.shape[0]), "test_images": int(x_test.shape[0]),
+            "seconds": time.perf_counter() - start, "knn_features": features, "knn_pixels": pixels, "peak_mb": peak_mb()}
+
+
 def run_child(*args: str) -> dict:
     out = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True, text=True, check=False)
     if out.returncode:
@@ -102,8 +129,12 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         kind, *rest = args.child
-        out = child_ingest(rest[0], rest[1], int(rest[2]), float(rest[3])) if kind == "ingest" else \
-            child_pretrain(rest[0], float(rest[1]), int(rest[2]), int(rest[3]))
+        if kind == "ingest":
+            out = child_ingest(rest[0], rest[1], int(rest[2]), float(rest[3]))
+        elif kind == "pretrain":
+            out = child_pretrain(rest[0], float(rest[1]), int(rest[2]), int(rest[3]))
+        else:
+            out = child_evaluate(rest[0], float(rest[1]))
         print(json.dumps(out))
         return
 
@@ -121,7 +152,7 @@ def main() -> None:
           f"in RAM (in_memory_max_mb default) vs streamed (in_memory_max_mb 0)")
     print("each figure from a fresh process; peak RSS = ru_maxrss (torch and pandas imported: ~800 MB before any data); "
           "vs 1x = this peak - the peak of the same run on the first size\n")
-    ingest_rows, pretrain_rows = [], []
+    ingest_rows, pretrain_rows, evaluate_rows = [], [], []
     try:
         for n in args.sizes:
             folder = work / f"jpeg-{n}"
@@ -136,6 +167,7 @@ def main() -> None:
             for label, limit in (("in RAM", 1024.0), ("streamed", 0.0)):
                 r = run_child("pretrain", str(dataset), str(limit), str(args.steps), str(args.batch_size))
                 pretrain_rows.append((n, label, r))
+                evaluate_rows.append((n, label, run_child("evaluate", str(dataset), str(limit))))
     finally:
         if args.work_dir is None:
             shutil.rmtree(work, ignore_errors=True)
@@ -155,6 +187,13 @@ def main() -> None:
         base = first.setdefault(("pretrain", label), r["peak_mb"])
         print(f"| {label} | {r['train_images']:,} | {r['pool']} | {r['images_per_s']:,.0f} | {r['peak_mb']:.0f} | "
               f"{r['peak_mb'] - base:+.0f} |")
+    print()
+    print("| evaluate pool | bank / test images | pool | seconds | kNN top-1 features / raw pixels | peak RSS MB | vs 1x MB |")
+    print("|---|---|---|---|---|---|---|")
+    for n, label, r in evaluate_rows:
+        base = first.setdefault(("evaluate", label), r["peak_mb"])
+        print(f"| {label} | {r['bank_images']:,} / {r['test_images']:,} | {r['pool']} | {r['seconds']:.1f} | "
+              f"{r['knn_features']:.4f} / {r['knn_pixels']:.4f} | {r['peak_mb']:.0f} | {r['peak_mb'] - base:+.0f} |")
 
 
 if __name__ == "__main__":

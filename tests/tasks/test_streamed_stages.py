@@ -36,11 +36,16 @@ def test_knn_over_bank_chunks_equals_knn_over_the_whole_bank() -> None:
         chunks = [bank[a : a + size] for a in range(0, 300, size)]
         queries = [test[a : a + 16] for a in range(0, 70, 16)]
         assert torch.equal(knn_predict(chunks, labels, queries, 5, k=20), whole), size
+        assert torch.equal(knn_predict(bank, labels, test, 5, k=20, bank_chunk=size), whole), size  # a tensor bank in chunks
+    with pytest.raises(TypeError, match="re-iterable"):
+        knn_predict(iter(chunks), labels, test, 5)  # spent after the first query chunk: refused
+    with pytest.raises(ValueError, match="300 rows and 299 labels"):
+        knn_predict(chunks, labels[:-1], test, 5)
     # a bank with fewer rows than k votes with all of them
     assert torch.equal(knn_predict([bank[:3], bank[3:5]], labels[:5], test, 5, k=20), knn_predict(bank[:5], labels[:5], test, 5))
 
 
-def test_deepcluster_labels_a_streamed_pool_as_it_labels_the_tensor(tmp_path: Path) -> None:
+def test_a_streamed_pool_gives_deepcluster_and_raw_pixel_knn_what_the_tensor_gives(tmp_path: Path) -> None:
     from ssl_models.augment import ViewAugment
     from ssl_models.methods.deepcluster import DeepCluster, image_keys
     from tasks.models import build_encoder, encoder_spec
@@ -50,6 +55,9 @@ def test_deepcluster_labels_a_streamed_pool_as_it_labels_the_tensor(tmp_path: Pa
     pool = ShardedImages(ShardReader.open(tmp_path))
     assert [len(p) for p in pool.tensor_split(4)] == [len(t) for t in images.tensor_split(4)]
     assert torch.equal(image_keys(pool, chunk=16), image_keys(images))
+    labels = torch.arange(90) % 5
+    assert torch.equal(knn_predict(FlatPixels(pool, chunk=16), labels, FlatPixels(pool.subset(np.arange(30)), chunk=8), 5),
+                       knn_predict(images.flatten(1).float(), labels, images[:30].flatten(1).float(), 5))
 
     def labelled(x: torch.Tensor | ShardedImages) -> DeepCluster:
         torch.manual_seed(0)
