@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import shutil
 import tempfile
 import warnings
@@ -31,13 +30,14 @@ from typing import Any
 
 import torch
 
-from ssl_models import checkpoint
+from ssl_models import checkpoint, dist
 from ssl_models.data.shards import ShardedImages
 from ssl_models.engine import EpochCallback, TrainConfig, TrainResult, train
 from ssl_models.methods.base import SSLMethod
 from tasks import paths
 from tasks.config import DistributedParams
 from tasks.io import write_json
+from tasks.ray_runtime import init_ray, on_cluster
 
 CHECKPOINT_FILE = "pretrain.pt"  # the engine's checkpoint, inside each reported checkpoint directory
 STEPS_FILE = "steps.json"  # rank 0's per-step metrics up to the checkpoint's step
@@ -56,11 +56,13 @@ class DistributedRun:
             ``resumed_from_step`` is the step it restarted from).
         state_dict: the method's final weights.
         steps: rank 0's ``on_step`` records ``(step, metrics)``, from the first step of the run.
+        worker_nodes: the Ray node id each worker ran on, by rank (in the last attempt).
     """
 
     result: TrainResult
     state_dict: dict[str, torch.Tensor]
     steps: list[tuple[int, dict[str, float]]]
+    worker_nodes: list[str]
 
 
 def storage_path(cfg: DistributedParams) -> str:
@@ -69,26 +71,10 @@ def storage_path(cfg: DistributedParams) -> str:
     return cfg.storage_path or str(paths.RAY_RESULTS.resolve())
 
 
-def init_ray(num_cpus: float, num_gpus: int) -> bool:
-    """Connect to ``RAY_ADDRESS``'s cluster, or start a local Ray with ``num_cpus`` and ``num_gpus``;
-    False when Ray was already up (the caller's: left running)."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    address = os.environ.get("RAY_ADDRESS")
-    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
-    if not address:
-        kwargs["num_cpus"] = max(int(-(-num_cpus // 1)), 1)  # ceil
-        kwargs["num_gpus"] = num_gpus
-    ray.init(address=address or None, **kwargs)
-    return True
-
-
 def _check_placement(cfg: DistributedParams) -> None:
     """Fail fast where the run could only wait forever (more GPUs asked of a local Ray than this
     machine has), and warn where checkpoints would land on one machine's disk on a cluster."""
-    cluster = bool(os.environ.get("RAY_ADDRESS"))
+    cluster = on_cluster()
     if cfg.use_gpu and not cluster and torch.cuda.device_count() < cfg.workers:
         raise ValueError(f"pretrain.distributed: {cfg.workers} GPU workers on a local Ray, but this machine has "
                          f"{torch.cuda.device_count()} GPU(s): lower pretrain.distributed.workers, set use_gpu: false, "
@@ -97,6 +83,16 @@ def _check_placement(cfg: DistributedParams) -> None:
         warnings.warn(f"pretrain.distributed.storage_path is null: checkpoints go to {storage_path(cfg)} on the machine "
                       f"rank 0 runs on; on a cluster of several machines set it to a shared directory or a URI "
                       f"(s3://...) so that a restarted worker and this driver can read them", stacklevel=3)
+
+
+def _network_hint(error: str) -> str:
+    """What to do when the workers' process group could not connect: gloo binds the address this
+    host's name resolves to, which is loopback where /etc/hosts maps the hostname to 127.0.x.x."""
+    if "Gloo" not in error and "gloo" not in error:
+        return ""
+    return ("\nThe workers could not connect to each other (gloo). Where a node's hostname resolves to a loopback "
+            "address, set GLOO_SOCKET_IFNAME to the interface of the node's own address (e.g. eth0) in the "
+            "environment of `ray start` on every node, then start the nodes again")
 
 
 def _threads(cfg: DistributedParams) -> int:
@@ -111,7 +107,7 @@ def _ship(images: torch.Tensor | ShardedImages) -> Any:
 
     if isinstance(images, torch.Tensor):
         return ray.put(images.numpy())
-    if os.environ.get("RAY_ADDRESS"):
+    if on_cluster():
         warnings.warn("the training images are streamed from the dataset's shard files on this machine: every node "
                       "of the cluster must see them at the same absolute paths (a shared filesystem), or raise "
                       "ingest.in_memory_max_mb so that they travel through Ray's object store", stacklevel=3)
@@ -147,6 +143,19 @@ def _record(steps: list[list[Any]], step: int, metrics: dict[str, float]) -> Non
     steps.append([step, metrics])
 
 
+def _worker_nodes() -> list[str]:
+    """The Ray node id of every worker, by rank: each worker's own, all-gathered over the process
+    group (so rank 0 can report where the run ran)."""
+    import ray
+
+    node = ray.get_runtime_context().get_node_id()
+    if not dist.is_distributed():
+        return [node]
+    nodes: list[Any] = [None] * dist.world_size()
+    torch.distributed.all_gather_object(nodes, node)
+    return nodes
+
+
 def _worker_loop(config: dict[str, Any]) -> None:
     """One worker: build the method, restore the last checkpoint, run the engine; rank 0 hands every
     checkpoint to Ray Train, and at the end one with the run's summary as its metrics."""
@@ -163,6 +172,7 @@ def _worker_loop(config: dict[str, Any]) -> None:
     images = _receive(config["images"])
     method = config["build"](images)
     main = ray.train.get_context().get_world_rank() == 0
+    nodes = _worker_nodes()
     local = Path(tempfile.mkdtemp(prefix="sslpipe-pretrain-"))
     try:
         steps = _restore(local)
@@ -177,7 +187,7 @@ def _worker_loop(config: dict[str, Any]) -> None:
                        on_step=functools.partial(_record, steps) if main else None,
                        on_epoch=config["on_epoch"] if main else None, progress=False,
                        on_checkpoint=lambda step: report({"step": step}))
-        report({"step": result.steps, **{k: getattr(result, k) for k in SUMMARY_KEYS}})
+        report({"step": result.steps, **{k: getattr(result, k) for k in SUMMARY_KEYS}, "worker_nodes": nodes})
     finally:
         shutil.rmtree(local, ignore_errors=True)
 
@@ -245,7 +255,7 @@ def train_on_workers(
         except TrainingFailedError as e:
             raise RuntimeError(f"pretrain on {dist_cfg.workers} workers failed after {dist_cfg.max_failures} "
                                f"restarts: {e}\nThe last checkpoint is in {storage}/{name}: run the stage again "
-                               f"to resume from it") from e
+                               f"to resume from it{_network_hint(str(e))}") from e
         with result.checkpoint.as_directory() as d:
             state = checkpoint.load(Path(d) / CHECKPOINT_FILE)
             steps = [(int(s), m) for s, m in json.loads((Path(d) / STEPS_FILE).read_text())]
@@ -254,8 +264,9 @@ def train_on_workers(
             ray.shutdown()
     summary = {k: result.metrics[k] for k in SUMMARY_KEYS}
     train_result = TrainResult(**summary, history=list(state["history"]))
+    nodes = list(result.metrics["worker_nodes"])
     if progress:
-        print(f"pretrain: {train_result.steps} steps on {dist_cfg.workers} workers, "
-              f"{train_result.images_per_sec:.0f} images/s", flush=True)
-    return DistributedRun(train_result, state["method"], steps)
+        print(f"pretrain: {train_result.steps} steps on {dist_cfg.workers} workers "
+              f"({len(set(nodes))} Ray node(s)), {train_result.images_per_sec:.0f} images/s", flush=True)
+    return DistributedRun(train_result, state["method"], steps, nodes)
 

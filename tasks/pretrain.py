@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import torch
@@ -34,6 +34,8 @@ class PretrainResult:
     images_per_sec: float
     wall_seconds: float
     resumed_from_step: int
+    # the Ray node id of each Ray Train worker, by rank; empty in one process (no Ray)
+    worker_nodes: list[str] = field(default_factory=list)
 
 
 def train_config(cfg: PretrainParams) -> TrainConfig:
@@ -115,8 +117,9 @@ def pretrain(cfg: PretrainParams, progress: bool = True, log_mlflow: bool = True
             mlflow.log_metrics({f"pretrain/{k}": v for k, v in out.items()}, step=epoch)
         return out
 
+    worker_nodes: list[str] = []
     if cfg.distributed.workers > 1:
-        result = _train_on_workers(cfg, method, images, monitor, on_step, progress)
+        result, worker_nodes = _train_on_workers(cfg, method, images, monitor, on_step, progress)
         if mlflow:  # the monitor ran in a worker: its metrics are logged from the history
             for record in result.history:
                 mlflow.log_metrics({f"pretrain/{k}": v for k, v in record.items() if k.startswith("knn")},
@@ -133,7 +136,7 @@ def pretrain(cfg: PretrainParams, progress: bool = True, log_mlflow: bool = True
         final_loss=history[-1]["loss"] if history else float("nan"),
         knn_monitor_top1=history[-1].get("knn_monitor_top1") if history else None,
         images_per_sec=result.images_per_sec, wall_seconds=result.wall_seconds,
-        resumed_from_step=result.resumed_from_step,
+        resumed_from_step=result.resumed_from_step, worker_nodes=worker_nodes,
     )
     write_json(paths.PRETRAIN_HISTORY, {"summary": asdict(out), "epochs": history})
     write_csv(paths.PLOTS / "pretrain_loss.csv", ["step", "loss"], steps_log)
@@ -146,9 +149,11 @@ def pretrain(cfg: PretrainParams, progress: bool = True, log_mlflow: bool = True
     return out
 
 
-def _train_on_workers(cfg: PretrainParams, method, images: torch.Tensor, monitor, on_step, progress: bool) -> TrainResult:
+def _train_on_workers(cfg: PretrainParams, method, images: torch.Tensor, monitor, on_step,
+                      progress: bool) -> tuple[TrainResult, list[str]]:
     """Train on ``cfg.distributed.workers`` Ray Train workers; load the final weights into ``method``
-    and replay rank 0's per-step metrics through ``on_step``."""
+    and replay rank 0's per-step metrics through ``on_step``. Returns the result and the Ray node
+    id of each worker."""
     from tasks.distributed import train_on_workers
 
     run = train_on_workers(functools.partial(_worker_method, cfg), images, train_config(cfg), cfg.distributed,
@@ -156,7 +161,7 @@ def _train_on_workers(cfg: PretrainParams, method, images: torch.Tensor, monitor
     method.load_state_dict(run.state_dict)
     for step, metrics in run.steps:
         on_step(step, metrics)
-    return run.result
+    return run.result, run.worker_nodes
 
 
 def augment_preview(method, images: torch.Tensor, seed: int) -> Any:

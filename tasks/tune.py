@@ -11,7 +11,6 @@ highest last-epoch validation top-1, ties to the earlier trial. Same params and 
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from tasks.arms import ARMS, TUNED_KEYS, arm_config, new_classifier, train_arm
 from tasks.config import FinetuneParams, TuneParams
 from tasks.dataset import load_dataset
 from tasks.io import read_json, write_json
+from tasks.ray_runtime import init_ray, on_cluster
 
 METRIC = "val_top1"
 
@@ -116,22 +116,6 @@ def _check_placement(cfg: TuneParams, local: bool) -> None:
                 if cfg.resources_per_trial else " Ask for what this machine has.")
         raise ValueError(f"{msg}.{hint}")
     print(f"warning: {msg}; trials wait until such a node joins", file=sys.stderr, flush=True)
-
-
-def _init_ray(cfg: TuneParams) -> bool:
-    """Connect to ``RAY_ADDRESS``'s cluster or start a local Ray; False when Ray was already up
-    (the caller's: left running)."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    address = os.environ.get("RAY_ADDRESS")
-    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
-    if not address:  # a local Ray instance sized to this machine
-        kwargs["num_cpus"] = max(int(cfg.cpus_per_trial * cfg.max_concurrent_trials), 1)
-        kwargs["num_gpus"] = int(torch.cuda.is_available())
-    ray.init(address=address or None, **kwargs)
-    return True
 
 
 def _trial_printer():
@@ -238,7 +222,7 @@ def _pool(data_set: Any) -> Any:
     or, when it is too big for RAM, shards streamed from the project's files -- which only the
     driver's machine has: on a cluster (RAY_ADDRESS) that is an error saying what to do."""
     pool = data_set.split("train")[0]
-    if isinstance(pool, torch.Tensor) or not os.environ.get("RAY_ADDRESS"):
+    if isinstance(pool, torch.Tensor) or not on_cluster():
         return pool
     raise ValueError(f"tune on a cluster: the unlabeled pool ({pool.nbytes / 2**20:.0f} MB, over "
                      f"ingest.in_memory_max_mb) is read from shard files on this machine, which trials on "
@@ -256,10 +240,10 @@ def tune_stage(cfg: TuneParams, finetune_cfg: FinetuneParams, progress: bool = T
         import mlflow
 
         parent = mlflow.active_run().info.run_id
-    started = _init_ray(cfg)
+    started = init_ray(cfg.cpus_per_trial * cfg.max_concurrent_trials, int(torch.cuda.is_available()))
     best, table = {}, []
     try:
-        _check_placement(cfg, local=started and not os.environ.get("RAY_ADDRESS"))
+        _check_placement(cfg, local=started and not on_cluster())
         for arm in finetune_cfg.arms:  # teachers first
             if progress:
                 print(f"tune {arm}: {cfg.num_samples} trials, at most {cfg.max_concurrent_trials} at once", flush=True)

@@ -97,11 +97,15 @@ def _ray_start(cluster: RayCluster, label: str, *args: str) -> None:
     cwd, temp = cluster.root / f"{label}-cwd", cluster.root / label
     cwd.mkdir()
     prefix = cluster.link.exec_prefix() if cluster.link and label != "head" else []
+    env = subprocess_env(**cluster.env)
+    if cluster.link:  # this machine's hostname resolves to 127.0.0.1: gloo binds the node's own link, as on
+        # hosts whose /etc/hosts maps the hostname to loopback (torch's GLOO_SOCKET_IFNAME; workers inherit it)
+        env["GLOO_SOCKET_IFNAME"] = cluster.link.host_dev if label == "head" else cluster.link.guest_dev
     cmd = [*prefix, str(VENV_BIN / "ray"), "start", *args, "--node-ip-address", cluster.ips[label], "--num-cpus", "1",
            "--resources", json.dumps({label: 1}), "--temp-dir", str(temp), "--disable-usage-stats",
            "--dashboard-agent-listen-port", str(free_port()), "--runtime-env-agent-port", str(free_port()),
            "--metrics-export-port", str(free_port())]
-    proc = subprocess.Popen(cmd, cwd=cwd, env=subprocess_env(**cluster.env), stdout=subprocess.PIPE,
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
     cluster.sessions.append(proc.pid)
     try:

@@ -17,11 +17,14 @@ SUBNET = "10.231"  # private; K (the third byte) is picked free, so parallel tes
 
 @dataclass(frozen=True)
 class Link:
-    """A namespace ``name`` reached at ``guest_ip``; this machine's end of the link is ``host_ip``."""
+    """A namespace ``name`` reached at ``guest_ip``; this machine's end of the link is ``host_ip``.
+    ``host_dev`` and ``guest_dev`` name the two ends' interfaces (what GLOO_SOCKET_IFNAME takes)."""
 
     name: str
     host_ip: str
     guest_ip: str
+    host_dev: str
+    guest_dev: str
 
     def exec_prefix(self) -> list[str]:
         """Prepend to a command to run it inside the namespace."""
@@ -51,8 +54,8 @@ def open_link() -> Link | None:
             if "exists" in made.stderr:  # another session's: try the next K
                 continue
             return None  # not allowed here (no CAP_NET_ADMIN, no netns support)
-        link = Link(name, f"{SUBNET}.{k}.1", f"{SUBNET}.{k}.2")
         host_end, guest_end = f"vh{name[6:]}-{os.getpid() % 10000}", f"vg{name[6:]}-{os.getpid() % 10000}"
+        link = Link(name, f"{SUBNET}.{k}.1", f"{SUBNET}.{k}.2", host_end, guest_end)
         try:
             _ip("link", "add", host_end, "type", "veth", "peer", "name", guest_end, check=True)
             _ip("link", "set", guest_end, "netns", name, check=True)

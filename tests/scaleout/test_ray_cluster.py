@@ -1,14 +1,17 @@
-"""The tune stage on a real two-node Ray cluster (tests/scaleout/conftest.py): trials placed by a
-custom resource run on the node that carries it, reading nothing but what the object store
-brought them, and the stage leaves the cluster running."""
+"""The tune and pretrain stages on a real two-node Ray cluster (tests/scaleout/conftest.py): trials
+placed by a custom resource run on the node that carries it, reading nothing but what the object
+store brought them; pretraining on two Ray Train workers puts one on each node (one CPU each); each
+stage leaves the cluster running and no process of its own behind."""
 
 from __future__ import annotations
 
 import json
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.conftest import REPO, VENV_BIN
@@ -28,12 +31,67 @@ def tune_project(root: Path, template: Path, settings: list[str]) -> Path:
     return root
 
 
+# a tiny SimCLR on two 1-CPU workers: 200 images, 6 steps of the global batch of 32, no compile
+PRETRAIN_SETTINGS = ["pretrain.distributed.workers=2", "pretrain.distributed.resources_per_worker={CPU: 1}",
+                     "pretrain.distributed.max_failures=0", "pretrain.width=4", "pretrain.epochs=1",
+                     "pretrain.batch_size=32", "pretrain.compile=false", "pretrain.knn_monitor_images=0",
+                     "pretrain.precision=fp32", "pretrain.channels_last=false", "pretrain.device=cpu",
+                     "pretrain.checkpoint_every=1000", "pretrain.method_args={simclr: {hidden_dim: 32, out_dim: 16}}"]
+
+
+def run_stage(name: str, project: Path, env: dict[str, str]) -> None:
+    """``sslpipe stage NAME`` in ``project``, as DVC runs it."""
+    proc = subprocess.run([str(VENV_BIN / "sslpipe"), "stage", name, "--no-progress"], cwd=project, env=env,
+                          capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, f"sslpipe stage {name} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+
+
 def stage_tune(project: Path, env: dict[str, str]) -> dict:
     """``sslpipe stage tune`` in ``project``; returns reports/tune.json."""
-    proc = subprocess.run([str(VENV_BIN / "sslpipe"), "stage", "tune", "--no-progress"], cwd=project, env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, f"sslpipe stage tune failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    run_stage("tune", project, env)
     return json.loads((project / "reports" / "tune.json").read_text())
+
+
+def train_processes(cluster) -> list[str]:
+    """The cluster's processes that belong to a Ray Train run (its controller and workers), once
+    Ray has reaped the actors of a driver that ended (it does so asynchronously; wait up to 60 s)."""
+    deadline = time.monotonic() + 60
+    while True:
+        found = []
+        for p in cluster.processes():
+            try:
+                cmd = " ".join(p.cmdline())
+            except psutil.Error:  # gone meanwhile
+                continue
+            if "RayTrainWorker" in cmd or "TrainController" in cmd:
+                found.append(cmd[:200])
+        if not found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.5)
+
+
+@pytest.mark.e2e
+def test_pretrain_runs_one_worker_on_each_node(ray_cluster, pretrained_template: Path, tmp_path: Path) -> None:
+    """``sslpipe stage pretrain`` with 2 Ray Train workers of one CPU each on the cluster (one CPU a
+    node): one worker runs on each node -- the report says which -- they train to the end, the
+    driver writes the encoder, and the run leaves no Train process and both nodes running."""
+    from tasks.models import load_encoder
+
+    storage = tmp_path / "ray-train"  # both nodes see this machine's disk
+    project = tune_project(tmp_path / "project", pretrained_template,
+                           [*PRETRAIN_SETTINGS, f"pretrain.distributed.storage_path={storage}"])
+    (project / "models" / "encoder.pt").unlink()  # the template's, from one process
+    run_stage("pretrain", project, ray_cluster.driver_env(OMP_NUM_THREADS="1"))
+
+    summary = json.loads((project / "reports" / "pretrain.json").read_text())["summary"]
+    assert sorted(summary["worker_nodes"]) == sorted(ray_cluster.node_ids.values())  # one worker on each node
+    assert (summary["steps"], summary["epochs"], summary["resumed_from_step"]) == (6, 1, 0)
+    _, encoder = load_encoder(project / "models" / "encoder.pt")  # written by the driver, as tune/finetune read it
+    assert encoder["method"] == "simclr" and len(encoder["history"]) == 1
+    assert list((storage / "pretrain").glob("checkpoint_*/pretrain.pt"))  # rank 0's, in the storage named
+    assert not train_processes(ray_cluster)
+    raylets = [p for p in ray_cluster.processes() if p.name() == "raylet"]
+    assert len(raylets) == 2, [p.cmdline()[:1] for p in ray_cluster.processes()]
 
 
 @pytest.mark.e2e

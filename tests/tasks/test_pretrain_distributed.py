@@ -121,6 +121,8 @@ def killed_run(stage_run, tmp_path_factory: pytest.TempPathFactory):
 def test_two_workers_train_to_the_end_and_the_stage_writes_the_encoder(stage_run) -> None:
     result, root = stage_run.result, stage_run.root
     assert (result.steps, result.epochs, result.resumed_from_step) == (18, 3, 0)
+    assert len(result.worker_nodes) == WORKERS and len(set(result.worker_nodes)) == 1  # a local Ray: one node
+    assert read_json(root / paths.PRETRAIN_HISTORY)["summary"]["worker_nodes"] == result.worker_nodes
     assert result.knn_monitor_top1 is not None  # the monitor ran in rank 0
     history = read_json(root / paths.PRETRAIN_HISTORY)["epochs"]
     assert [h["step"] for h in history] == [6, 12, 18]
