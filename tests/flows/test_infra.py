@@ -32,8 +32,10 @@ def test_compose_has_the_scaled_out_services():
     for name in ("postgres", "minio", "prefect-server", "prefect-worker", "mlflow", "ray-head", "ray-worker"):
         assert name in services, name
     assert "postgresql" in services["prefect-server"]["environment"]["PREFECT_API_DATABASE_CONNECTION_URL"]
-    assert "--backend-store-uri postgresql://" in " ".join(services["mlflow"]["command"].split())
-    assert "s3://" in services["mlflow"]["command"]
+    mlflow = " ".join(services["mlflow"]["command"].split())
+    # psycopg 3, named: SQLAlchemy 2.0 took psycopg2 for a bare postgresql://, 2.1 takes psycopg 3
+    assert "'psycopg[binary]" in mlflow and "--backend-store-uri postgresql+psycopg://" in mlflow
+    assert "--artifacts-destination s3://" in mlflow and "--allowed-hosts 'mlflow:5000," in mlflow
     worker_env = services["prefect-worker"]["environment"]
     assert worker_env["PREFECT_API_URL"].startswith("http://prefect-server")
     assert worker_env["MLFLOW_TRACKING_URI"].startswith("http://mlflow")
