@@ -173,7 +173,7 @@ def object_store() -> Iterator[ObjectStore]:
     grpc = {name: free_port() for name in ports}
     cmd = [str(VENV_BIN / "weed"), "server", f"-dir={root / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
            "-filer", "-s3", f"-s3.config={root / 's3.json'}", "-s3.port.iceberg=0", "-s3.port.lance=0",
-           "-volume.preStopSeconds=0",
+           "-volume.preStopSeconds=0", "-master.telemetry=false",  # no usage reports: a test server
            # small volumes, room for many: each bucket is a collection that grows 7 volumes at once
            "-master.volumeSizeLimitMB=64", "-volume.max=32",
            *(f"-{name}.port={port}" for name, port in ports.items()),
@@ -243,7 +243,7 @@ def mlflow_server(db: Postgres, store: ObjectStore) -> Iterator[str]:
     cmd = [str(VENV_BIN / "mlflow"), "server", "--backend-store-uri", db.url("mlflow"),
            "--artifacts-destination", "s3://mlflow", "--serve-artifacts", "--allowed-hosts", ALLOWED_HOSTS,
            "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    env = subprocess_env(**store.env)
+    env = subprocess_env(**store.env, MLFLOW_DISABLE_TELEMETRY="true")
     env.pop("MLFLOW_TRACKING_URI", None)
     log = root / "mlflow.log"
     with open(log, "w") as out:
