@@ -1,7 +1,12 @@
 """A classifier on top of an encoder, and the supervised training loop used for fine-tuning,
 the supervised baseline and each hyperparameter-search trial; its set-up, learning rates and
 epoch loop are also those of the semi-supervised trainers (``ssl_models.fixmatch``,
-``ssl_models.distill``)."""
+``ssl_models.distill``).
+
+Across workers (a process group, ``ssl_models.dist``), ``train_classifier`` trains exactly as one
+process: every worker draws the same order and the same crops of the whole global batch (cheap next
+to the step) and steps on its slice; DDP averages the gradients and BatchNorm is synchronised.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ssl_models import training
+from ssl_models import dist, training
 from ssl_models.augment import random_resized_crop, to_float
 from ssl_models.backbones import Encoder
 from ssl_models.evaluation import extract_features
@@ -72,10 +77,11 @@ class FinetuneConfig:
 EpochHook = Callable[[int, dict[str, float]], None]
 
 
-def classifier_schedule(n: int, cfg: FinetuneConfig) -> Schedule:
+def classifier_schedule(n: int, cfg: FinetuneConfig, world: int = 1) -> Schedule:
     """Steps of training on ``n`` images: ``cfg.epochs``, more if needed for ``cfg.min_steps``;
-    10 % warmup, then cosine decay from ``cfg.lr``."""
-    batch = min(cfg.batch_size, n)
+    10 % warmup, then cosine decay from ``cfg.lr``. The global batch is a multiple of ``world``
+    (the workers), so that it splits evenly."""
+    batch = max(min(cfg.batch_size, n) // world * world, world)
     steps_per_epoch = max(n // batch, 1)
     epochs = max(cfg.epochs, -(-cfg.min_steps // steps_per_epoch))
     total = epochs * steps_per_epoch
@@ -133,10 +139,13 @@ def start_epoch(model: Classifier, cfg: FinetuneConfig, epoch: int) -> None:
 def setup_classifier(model: Classifier, n: int, cfg: FinetuneConfig) -> tuple[Runtime, Schedule]:
     """The runtime (``training.setup`` with ``classifier_optimizer``) and schedule of training
     ``model`` on ``n`` labeled images."""
+    if cfg.linear_probe_epochs and dist.is_distributed():  # DDP needs the same trainable parameters every step
+        raise ValueError("linear_probe_epochs (LP-FT) freezes the encoder mid-run, which DDP cannot follow: "
+                         "set it to 0 or train in one process")
     model.encoder.requires_grad_(not cfg.freeze_encoder)
     rt = training.setup(model, lambda m: classifier_optimizer(m, cfg), device=cfg.device, precision=cfg.precision,
                         compile=cfg.compile, seed=cfg.seed)
-    return rt, classifier_schedule(n, cfg)
+    return rt, classifier_schedule(n, cfg, dist.world_size())
 
 
 def fit(model: Classifier, rt: Runtime, sched: Schedule, cfg: FinetuneConfig, run_epoch: Callable[[int], dict[str, float]],
@@ -160,7 +169,9 @@ def _cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
 
 def train_epoch(rt: Runtime, model: Classifier, images: Tensor, labels: Tensor, cfg: FinetuneConfig,
                 sched: Schedule, epoch: int, generators: tuple[torch.Generator, torch.Generator]) -> dict[str, float]:
-    """One epoch (1-based ``epoch``) of cross-entropy steps with ``training.train_step``.
+    """One epoch (1-based ``epoch``) of cross-entropy steps with ``training.train_step``. Across
+    workers, each crops the whole global batch (the same crops as one process) and steps on its
+    slice; the logged loss is the global batch's (the mean over workers of equal slices).
 
     Args:
         labels: (N,) on ``rt.device``.
@@ -173,14 +184,16 @@ def train_epoch(rt: Runtime, model: Classifier, images: Tensor, labels: Tensor, 
     start_epoch(model, cfg, epoch)
     order = torch.randperm(images.shape[0], generator=order_gen)
     meter, clock = LossMeter(rt.device), Throughput()
+    local = sched.batch // dist.world_size()
+    mine = slice(dist.rank() * local, (dist.rank() + 1) * local)  # this worker's part of each global batch
     for i in range(sched.steps_per_epoch):
         step = (epoch - 1) * sched.steps_per_epoch + i
         idx = order[i * sched.batch : (i + 1) * sched.batch]
-        x = weak_view(images[idx], rt, cfg.crop_scale, crop_gen)
+        x = weak_view(images[idx], rt, cfg.crop_scale, crop_gen)[mine]
         set_step_lr(rt.optimizer, sched, cfg, step)
-        loss_fn = partial(_cross_entropy, labels=labels[idx.to(rt.device)])
+        loss_fn = partial(_cross_entropy, labels=labels[idx[mine].to(rt.device)])
         loss, _ = training.train_step(rt, x, loss_fn)
-        meter.add(loss, step)
+        meter.add(dist.all_reduce_mean(loss.detach()), step)  # the identity in one process
         clock.add(len(idx))
     train_loss = meter.read().mean  # the sync: the throughput below is measured after it
     return {"epoch": epoch, "train_loss": train_loss, "images_per_sec": clock.rate()}

@@ -114,9 +114,10 @@ class AugmentParams(Section):
 
 
 class DistributedParams(Section):
-    """Pretraining on several workers (Ray Train's ``TorchTrainer``, DDP: gloo on CPUs, NCCL on
-    GPUs), on a local Ray instance or the cluster at ``RAY_ADDRESS``. One worker is today's single
-    process, no Ray; ``pretrain.batch_size`` stays the global batch, split evenly over the workers."""
+    """Training on several workers (Ray Train's ``TorchTrainer``, DDP: gloo on CPUs, NCCL on
+    GPUs), on a local Ray instance or the cluster at ``RAY_ADDRESS``: ``pretrain.distributed`` and
+    ``finetune.distributed``. One worker is today's single process, no Ray; the section's
+    ``batch_size`` stays the global batch, split evenly over the workers."""
 
     workers: int = Field(1, ge=1)
     use_gpu: bool = False  # one GPU per worker (NCCL)
@@ -293,7 +294,18 @@ class FinetuneParams(Section):
     min_steps: int = Field(200, ge=1)  # the same for every arm: tiny label sets still get trained
     fixmatch: FixMatchParams = FixMatchParams()
     distill: DistillParams = DistillParams()
+    # the supervised and ssl_finetune arms on Ray Train workers (fixmatch, ssl_fixmatch and
+    # ssl_distill stay in one process); 1: one process, no Ray
+    distributed: DistributedParams = DistributedParams()
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _batch_splits(self) -> "FinetuneParams":
+        workers = self.distributed.workers
+        if self.batch_size % workers:
+            raise ValueError(f"batch_size {self.batch_size} does not split over {workers} workers (the global "
+                             f"batch, batch_size / workers each): make batch_size a multiple of distributed.workers")
+        return self
 
     @field_validator("label_fractions")
     @classmethod

@@ -1,7 +1,8 @@
 """Pretraining on several workers: the engine's own loop (``ssl_models.engine.train``) run in every
 worker of a Ray Train ``TorchTrainer`` (DDP: gloo on CPUs, NCCL on GPUs), on a local Ray instance
-or the cluster at ``RAY_ADDRESS``. This is the only module that knows about Ray Train; the engine
-sees a process group through ``ssl_models.dist`` and nothing else.
+or the cluster at ``RAY_ADDRESS``. This module (and ``tasks.distributed_finetune``, whose classifier
+loop runs through ``fit_on_workers``) is all that knows about Ray Train; the engine sees a process
+group through ``ssl_models.dist`` and nothing else.
 
 Faults: rank 0 writes each engine checkpoint (atomically) into a local directory, and hands it to
 Ray Train (``ray.train.report``), which copies it to ``storage_path`` -- a directory or URI every
@@ -26,7 +27,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -42,6 +43,8 @@ from tasks.ray_runtime import init_ray, on_cluster
 CHECKPOINT_FILE = "pretrain.pt"  # the engine's checkpoint, inside each reported checkpoint directory
 STEPS_FILE = "steps.json"  # rank 0's per-step metrics up to the checkpoint's step
 SUMMARY_KEYS = ("steps", "epochs", "images_per_sec", "wall_seconds", "resumed_from_step")
+
+T = TypeVar("T")
 
 #: builds the method in a worker from the training images (the same seed, so the same weights, in each)
 MethodBuilder = Callable[[torch.Tensor], SSLMethod]
@@ -71,16 +74,16 @@ def storage_path(cfg: DistributedParams) -> str:
     return cfg.storage_path or str(paths.RAY_RESULTS.resolve())
 
 
-def _check_placement(cfg: DistributedParams) -> None:
+def _check_placement(cfg: DistributedParams, section: str) -> None:
     """Fail fast where the run could only wait forever (more GPUs asked of a local Ray than this
     machine has), and warn where checkpoints would land on one machine's disk on a cluster."""
     cluster = on_cluster()
     if cfg.use_gpu and not cluster and torch.cuda.device_count() < cfg.workers:
-        raise ValueError(f"pretrain.distributed: {cfg.workers} GPU workers on a local Ray, but this machine has "
-                         f"{torch.cuda.device_count()} GPU(s): lower pretrain.distributed.workers, set use_gpu: false, "
+        raise ValueError(f"{section}.distributed: {cfg.workers} GPU workers on a local Ray, but this machine has "
+                         f"{torch.cuda.device_count()} GPU(s): lower {section}.distributed.workers, set use_gpu: false, "
                          f"or set RAY_ADDRESS to a cluster with enough GPUs")
     if cluster and cfg.storage_path is None:
-        warnings.warn(f"pretrain.distributed.storage_path is null: checkpoints go to {storage_path(cfg)} on the machine "
+        warnings.warn(f"{section}.distributed.storage_path is null: checkpoints go to {storage_path(cfg)} on the machine "
                       f"rank 0 runs on; on a cluster of several machines set it to a shared directory or a URI "
                       f"(s3://...) so that a restarted worker and this driver can read them", stacklevel=3)
 
@@ -192,6 +195,64 @@ def _worker_loop(config: dict[str, Any]) -> None:
         shutil.rmtree(local, ignore_errors=True)
 
 
+def fit_on_workers(loop: Callable[[dict[str, Any]], None], loop_config: Callable[[], dict[str, Any]],
+                   dist_cfg: DistributedParams,
+                   *, section: str, name: str, read: Callable[[Path], T]) -> tuple[dict[str, Any], T]:
+    """Run ``loop`` on ``dist_cfg.workers`` Ray Train workers (a ``TorchTrainer``: the process group
+    is up when ``loop`` starts) on a local Ray or the cluster at ``RAY_ADDRESS``, and read rank 0's
+    last reported checkpoint.
+
+    Args:
+        loop: the worker's function; its config is what ``loop_config()`` returns (called once Ray
+            is up, so it may put objects in the store) plus ``threads`` (its torch threads) and
+            ``use_gpu``.
+        section: the params section (``pretrain``, ``finetune``), named in errors.
+        name: the run's name under the storage path.
+        read: reads the checkpoint directory (on the driver, before Ray stops).
+
+    Returns:
+        Rank 0's last reported metrics and what ``read`` returned.
+
+    Raises:
+        RuntimeError: the workers failed more than ``dist_cfg.max_failures`` times.
+    """
+    import ray
+    from ray.train import (
+        CheckpointConfig,
+        FailureConfig,
+        RunConfig,
+        ScalingConfig,
+        TrainingFailedError,
+    )
+    from ray.train.torch import TorchTrainer
+
+    storage = storage_path(dist_cfg)
+    gpus = dist_cfg.workers if dist_cfg.use_gpu else 0
+    _check_placement(dist_cfg, section)
+    started = init_ray(dist_cfg.workers * float(dist_cfg.resources_per_worker.get("CPU", 1)), gpus)
+    try:
+        trainer = TorchTrainer(
+            loop,
+            train_loop_config={**loop_config(), "threads": _threads(dist_cfg), "use_gpu": dist_cfg.use_gpu},
+            scaling_config=ScalingConfig(num_workers=dist_cfg.workers, use_gpu=dist_cfg.use_gpu,
+                                         resources_per_worker=dict(dist_cfg.resources_per_worker)),
+            run_config=RunConfig(name=name, storage_path=storage,
+                                 failure_config=FailureConfig(max_failures=dist_cfg.max_failures),
+                                 checkpoint_config=CheckpointConfig(num_to_keep=2)),
+        )
+        try:
+            result = trainer.fit()
+        except TrainingFailedError as e:
+            raise RuntimeError(f"{section} on {dist_cfg.workers} workers failed after {dist_cfg.max_failures} "
+                               f"restarts: {e}\nThe last checkpoint is in {storage}/{name}: run the stage again "
+                               f"to resume from it{_network_hint(str(e))}") from e
+        with result.checkpoint.as_directory() as d:
+            return result.metrics, read(Path(d))
+    finally:
+        if started:
+            ray.shutdown()
+
+
 def train_on_workers(
     build: MethodBuilder,
     images: torch.Tensor | ShardedImages,
@@ -222,49 +283,21 @@ def train_on_workers(
         RuntimeError: the workers failed more than ``dist_cfg.max_failures`` times; the message names
             the storage holding the last checkpoint, from which a rerun resumes.
     """
-    import ray
-    from ray.train import (
-        CheckpointConfig,
-        FailureConfig,
-        RunConfig,
-        ScalingConfig,
-        TrainingFailedError,
-    )
-    from ray.train.torch import TorchTrainer
+    if progress:
+        print(f"pretrain on {dist_cfg.workers} Ray Train workers ({'GPU' if dist_cfg.use_gpu else 'CPU'}), "
+              f"batch {cfg.batch_size // dist_cfg.workers} each; checkpoints in {storage_path(dist_cfg)}/{name}",
+              flush=True)
 
-    storage = storage_path(dist_cfg)
-    gpus = dist_cfg.workers if dist_cfg.use_gpu else 0
-    _check_placement(dist_cfg)
-    started = init_ray(dist_cfg.workers * float(dist_cfg.resources_per_worker.get("CPU", 1)), gpus)
-    try:
-        if progress:
-            print(f"pretrain on {dist_cfg.workers} Ray Train workers ({'GPU' if gpus else 'CPU'}), "
-                  f"batch {cfg.batch_size // dist_cfg.workers} each; checkpoints in {storage}/{name}", flush=True)
-        trainer = TorchTrainer(
-            _worker_loop,
-            train_loop_config={"train": cfg, "build": build, "on_epoch": on_epoch, "images": _ship(images),
-                               "threads": _threads(dist_cfg), "use_gpu": dist_cfg.use_gpu},
-            scaling_config=ScalingConfig(num_workers=dist_cfg.workers, use_gpu=dist_cfg.use_gpu,
-                                         resources_per_worker=dict(dist_cfg.resources_per_worker)),
-            run_config=RunConfig(name=name, storage_path=storage,
-                                 failure_config=FailureConfig(max_failures=dist_cfg.max_failures),
-                                 checkpoint_config=CheckpointConfig(num_to_keep=2)),
-        )
-        try:
-            result = trainer.fit()
-        except TrainingFailedError as e:
-            raise RuntimeError(f"pretrain on {dist_cfg.workers} workers failed after {dist_cfg.max_failures} "
-                               f"restarts: {e}\nThe last checkpoint is in {storage}/{name}: run the stage again "
-                               f"to resume from it{_network_hint(str(e))}") from e
-        with result.checkpoint.as_directory() as d:
-            state = checkpoint.load(Path(d) / CHECKPOINT_FILE)
-            steps = [(int(s), m) for s, m in json.loads((Path(d) / STEPS_FILE).read_text())]
-    finally:
-        if started:
-            ray.shutdown()
-    summary = {k: result.metrics[k] for k in SUMMARY_KEYS}
+    def read(d: Path) -> tuple[dict[str, Any], list[tuple[int, dict[str, float]]]]:
+        steps = [(int(s), m) for s, m in json.loads((d / STEPS_FILE).read_text())]
+        return checkpoint.load(d / CHECKPOINT_FILE), steps
+
+    metrics, (state, steps) = fit_on_workers(
+        _worker_loop, lambda: {"train": cfg, "build": build, "on_epoch": on_epoch, "images": _ship(images)}, dist_cfg,
+        section="pretrain", name=name, read=read)
+    summary = {k: metrics[k] for k in SUMMARY_KEYS}
     train_result = TrainResult(**summary, history=list(state["history"]))
-    nodes = list(result.metrics["worker_nodes"])
+    nodes = list(metrics["worker_nodes"])
     if progress:
         print(f"pretrain: {train_result.steps} steps on {dist_cfg.workers} workers "
               f"({len(set(nodes))} Ray node(s)), {train_result.images_per_sec:.0f} images/s", flush=True)

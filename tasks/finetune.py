@@ -15,7 +15,7 @@ from ssl_models import checkpoint
 from ssl_models.classifier import Classifier, accuracy
 from tasks import paths
 from tasks.arms import ARMS, TUNED_KEYS, arm_config, new_classifier, train_arm
-from tasks.config import FinetuneParams
+from tasks.config import DistributedParams, FinetuneParams
 from tasks.dataset import load_dataset
 from tasks.io import write_json
 from tasks.models import save_classifier
@@ -36,6 +36,12 @@ def finetune(cfg: FinetuneParams, progress: bool = True, log_mlflow: bool = True
     blob = checkpoint.load(paths.ENCODER)
     pool, _ = data.split("train")
     report: dict[str, dict[str, Any]] = {}
+    if progress and cfg.distributed.workers > 1:
+        alone = [arm for arm in cfg.arms if not on_workers(arm, cfg.distributed)]
+        print(f"finetune on {cfg.distributed.workers} Ray Train workers: "
+              f"{', '.join(a for a in cfg.arms if a not in alone)}"
+              + (f"; in one process: {', '.join(alone)} (FixMatch and distillation are not sharded)" if alone else ""),
+              flush=True)
     for fraction in cfg.label_fractions:
         train_idx, val_idx = data.stratified_split(data.labeled_subset(fraction, cfg.seed), cfg.val_fraction, cfg.seed)
         (x, y), val = data.take(train_idx), data.take(val_idx)
@@ -46,7 +52,7 @@ def finetune(cfg: FinetuneParams, progress: bool = True, log_mlflow: bool = True
             hp = {k: best[arm][k] for k in TUNED_KEYS}
             model = new_classifier(arm, blob, data.num_classes, cfg.seed)
             train_cfg = arm_config(arm, hp, cfg, batch_size=cfg.batch_size, min_steps=cfg.min_steps, seed=cfg.seed)
-            history = train_arm(arm, model, x, y, pool, train_cfg, teacher=trained.get(ARMS[arm].teacher or ""))
+            history = _train(arm, model, x, y, pool, train_cfg, cfg, trained, f"{fraction:g}")
             val_top1 = accuracy(model, *val) if len(val_idx) else float("nan")
             trained[arm] = model.cpu().to(memory_format=torch.contiguous_format).eval()
             save_classifier(trained[arm], blob["spec"], data.num_classes, paths.classifier_path(arm, fraction),
@@ -66,3 +72,20 @@ def finetune(cfg: FinetuneParams, progress: bool = True, log_mlflow: bool = True
         report[f"{fraction:g}"] = entry
     write_json(paths.FINETUNE_REPORT, report)
     return FinetuneResult(report)
+
+
+def on_workers(arm: str, dist_cfg: DistributedParams) -> bool:
+    """Whether ``arm`` trains on Ray Train workers under ``dist_cfg``: more than one worker, and an
+    arm that learns from the labels alone (FixMatch's and distillation's batches are not sharded)."""
+    return dist_cfg.workers > 1 and ARMS[arm].method == "supervised"
+
+
+def _train(arm: str, model: Classifier, x: torch.Tensor, y: torch.Tensor, pool: Any, train_cfg: Any,
+           cfg: FinetuneParams, trained: dict[str, Classifier], fraction: str) -> list[dict[str, float]]:
+    """Train one arm: on Ray Train workers where ``finetune.distributed`` asks for several and the
+    arm learns from the labels alone (``tasks.distributed_finetune``), else in this process."""
+    if on_workers(arm, cfg.distributed):
+        from tasks.distributed_finetune import train_classifier_on_workers
+
+        return train_classifier_on_workers(model, x, y, train_cfg, cfg.distributed, name=f"finetune-{arm}-{fraction}")
+    return train_arm(arm, model, x, y, pool, train_cfg, teacher=trained.get(ARMS[arm].teacher or ""))

@@ -323,7 +323,8 @@ def test_unknown_key_suggests_the_known_one(params_file: Path, override: str, su
 
 
 def test_known_keys_are_the_params_files_keys() -> None:
-    free_form = ("pretrain.method_args.", "pretrain.distributed.resources_per_worker.", "tune.resources_per_trial.")
+    free_form = ("pretrain.method_args.", "pretrain.distributed.resources_per_worker.", "finetune.distributed.resources_per_worker.",
+                 "tune.resources_per_trial.")
     spelt = {k for k in flatten(Params().to_dict()) if not k.startswith(free_form)}
     assert spelt <= set(known_keys())
     assert {"pretrain", "pretrain.augment", "tune.search_space.fixmatch.lr"} <= set(known_keys())
