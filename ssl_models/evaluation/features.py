@@ -28,25 +28,30 @@ def extract_features(
     dtype = autocast_dtype(device, precision)
     was_training = model.training
     model.eval().to(device)
-    out = []
-    for start in range(0, images.shape[0], batch_size):
+    n = images.shape[0]
+    out = torch.empty(0)
+    for start in range(0, n, batch_size):
         x = to_float(images[start : start + batch_size].to(device))
         with autocast(device, dtype):
-            out.append(model(x).float().cpu())
+            z = model(x).float().cpu()
+        if start == 0:  # filled in place: a list of batches and their cat would hold the features twice
+            out = torch.empty(n, *z.shape[1:])
+        out[start : start + len(z)] = z
     model.train(was_training)
-    return torch.cat(out) if out else torch.empty(0)
+    return out
 
 
 class FlatPixels:
     """The images of a pool as float rows (n, C*H*W), ``chunk`` images at a time: the features of a
     raw-pixel kNN (``knn_predict`` takes them as either side) without holding N x C*H*W floats, which
-    for 60k 32x32 RGB images would be 740 MB. Re-iterable: each pass reads the pool again.
+    for 60k 32x32 RGB images would be 740 MB. Re-iterable: each pass reads the pool again. As both
+    sides of a kNN, ``chunk`` x ``chunk`` similarities are held at once (16 MB at 2048).
 
     Args:
         images: uint8 (N, C, H, W), a tensor or a ``ShardedImages`` pool.
     """
 
-    def __init__(self, images: Tensor | ShardedImages, chunk: int = 4096):
+    def __init__(self, images: Tensor | ShardedImages, chunk: int = 2048):
         self.images = images
         self.chunk = chunk
 
