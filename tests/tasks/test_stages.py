@@ -252,7 +252,7 @@ def test_finetune_then_evaluate(pretrained: Path) -> None:
             assert moved
     assert read_json(paths.FINETUNE_REPORT) == json.loads(json.dumps(result.fractions))
 
-    metrics = evaluate(EvaluateParams(embedding_plot_images=40), finetune_params(), log_mlflow=False)
+    metrics = evaluate(EvaluateParams(embedding_plot_images=40), finetune_params(arms=list(BEST)), log_mlflow=False)
     on_disk = read_json(paths.METRICS)
     assert on_disk == json.loads(json.dumps(metrics))
     for key in ("knn_top1", "linear_top1", "knn_top1_raw_pixels", "knn_top1_random_init", "model_top1"):
