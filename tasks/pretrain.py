@@ -64,8 +64,12 @@ def _worker_method(cfg: PretrainParams, train_images: torch.Tensor):
 
 def knn_monitor(data: Dataset, n: int, seed: int, k: int = 20):
     """An epoch callback: kNN top-1 with ``n`` labeled train images as the bank and ``n // 4``
-    other ones as queries (never the test split)."""
+    other ones as queries (never the test split); with fewer than ``n + n // 4`` labeled images,
+    four fifths of them are the bank and the rest the queries. None: too few labels to monitor."""
     labeled = data.labeled_subset(1.0, seed)
+    n = min(n, len(labeled) * 4 // 5)
+    if n < 1 or n // 4 < 1:
+        return None
     g = torch.Generator().manual_seed(seed)
     pick = torch.from_numpy(labeled)[torch.randperm(len(labeled), generator=g)[: n + n // 4]].numpy()
     bank_x, bank_y = data.take(pick[:n])

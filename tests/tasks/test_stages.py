@@ -169,6 +169,21 @@ def test_dataset_refuses_after_reingest_until_validated(validated, fashion_dir: 
 
 
 # ----------------------------------------------------------------------------------- pretrain
+def test_the_knn_monitor_fits_a_small_labeled_set(validated) -> None:
+    """Asked for a bank as big as the labeled set (a smoke run on a small folder), the monitor keeps
+    a fifth of the labels as queries instead of scoring none; one label is too few to monitor."""
+    from tasks.pretrain import knn_monitor
+
+    data = load_dataset()
+    n_labeled = len(data.labeled_subset(1.0, 0))
+    method = type("M", (), {})()
+    method.encoder = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(SIDE * SIDE, 8))
+    method.parameters = method.encoder.parameters
+    top1 = knn_monitor(data, n_labeled, seed=0)(1, method)["knn_monitor_top1"]
+    assert 0 <= top1 <= 1
+    assert knn_monitor(data, 1, seed=0) is None
+
+
 def test_pretrain_writes_encoder(pretrained: Path) -> None:
     encoder, blob = load_encoder(paths.ENCODER)
     assert blob["spec"]["backbone"] == "small_cnn" and blob["spec"]["width"] == 4
