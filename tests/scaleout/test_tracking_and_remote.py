@@ -130,18 +130,12 @@ def test_the_smoke_model_is_registered_on_the_server_with_its_files_in_the_bucke
     assert SMOKE_MODEL in out and "champion" in out
 
 
-def dvc_outputs(project: Path) -> tuple[list[str], list[str]]:
-    """(every output dvc.lock records, those dvc.yaml keeps out of DVC's cache: ``cache: false``)."""
+def dvc_outputs(project: Path) -> list[str]:
+    """Every output dvc.lock records: all of them in DVC's cache, so all of them in the remote."""
     import yaml
 
     lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
-    outputs = sorted({o["path"] for stage in lock.values() for o in stage.get("outs", [])})
-    uncached = []
-    for stage in yaml.safe_load((project / "dvc.yaml").read_text())["stages"].values():
-        for kind in ("outs", "metrics", "plots"):
-            uncached += [path for o in stage.get(kind, []) if isinstance(o, dict)
-                         for path, opts in o.items() if (opts or {}).get("cache") is False]
-    return outputs, sorted(uncached)
+    return sorted({o["path"] for stage in lock.values() for o in stage.get("outs", [])})
 
 
 def md5s(root: Path, outputs: list[str]) -> dict[str, str]:
@@ -164,19 +158,18 @@ def test_a_teammate_pulls_the_data_and_models_from_the_dvc_remote(stack: Stack, 
     assert any(k.startswith("sslpipe/files/md5/") for k in stack.store.keys("dvc"))
     assert "in sync" in run(["dvc", "status", "--cloud"], project, env).stdout.lower()
 
-    # the run's commit: the remote (keys excepted), dvc.lock, and the outputs DVC does not cache
-    # (reports, data/sources.json), which travel with git -- forced: .gitignore hides /data and /reports
-    outputs, uncached = dvc_outputs(project)
+    # the run's commit: the remote (keys excepted), dvc.lock and params; every output (reports and
+    # the sources manifest too) is in DVC's cache, so it travels through the remote, not git
+    outputs = dvc_outputs(project)
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
     subprocess.run([*git, "add", ".dvc/config", "dvc.lock", "params.yaml"], cwd=project, check=True)
-    subprocess.run([*git, "add", "-f", *uncached], cwd=project, check=True)
     subprocess.run([*git, "commit", "-qm", "the run and its DVC remote"], cwd=project, check=True)
     clone = tmp_path / "clone"
     subprocess.run(["git", "clone", "-q", str(project), str(clone)], check=True)
     assert not (clone / "models" / "encoder.pt").exists()
     run(["dvc", "pull"], clone, env)
 
-    assert {"data/dataset", "models/encoder.pt"} <= set(outputs)
+    assert {"data/dataset", "data/sources.json", "models/encoder.pt", "reports/metrics.json"} <= set(outputs)
     assert md5s(clone, outputs) == md5s(project, outputs)
     status = json.loads(run(["dvc", "status", "--json"], clone, env).stdout or "{}")
     assert status == {}, status  # every stage up to date in the clone: nothing to recompute
