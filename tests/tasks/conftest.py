@@ -96,3 +96,16 @@ def pretrained(project: Path, pretrained_template: Path) -> Path:
     """A copy of the pretrained project as the working directory."""
     shutil.copytree(pretrained_template, project, dirs_exist_ok=True)
     return project
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A local Ray instance of two CPUs for a module's Ray Train tests (two workers); the stages and
+    the Ray Train glue leave a Ray they did not start running."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()

@@ -19,18 +19,6 @@ WORKERS = 2
 TUNED = {"lr": 1e-3, "weight_decay": 1e-4, "epochs": 2, "encoder_lr_scale": 1.0}
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    """A local Ray instance for the module (the glue leaves a running Ray alone)."""
-    import ray
-
-    ray.init(num_cpus=WORKERS, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    try:
-        yield
-    finally:
-        ray.shutdown()
-
-
 def labeled(root: Path, arm: str) -> tuple:
     """32 labeled train images (one global batch: an epoch is one step), 40 validation ones, a
     fresh ``arm`` classifier on the project's encoder, and its config (fp32 on the CPU)."""

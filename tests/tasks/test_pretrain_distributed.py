@@ -40,18 +40,6 @@ def params(**kw):
 
 
 @pytest.fixture(scope="module")
-def local_ray():
-    """One local Ray instance for the module (the stage and the glue leave a running Ray alone)."""
-    import ray
-
-    ray.init(num_cpus=WORKERS, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    try:
-        yield
-    finally:
-        ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def stage_run(local_ray, fashion_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     """The pretrain stage on two workers, uninterrupted, in a project of its own."""
     from tasks.dataset import load_dataset
