@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -42,6 +43,18 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     env.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     env.update(extra)
     return env
+
+
+def stop_process(proc: subprocess.Popen, grace_s: float = 20) -> None:
+    """SIGTERM the process group ``proc`` leads (it was started in a session of its own), then SIGKILL."""
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -6,8 +6,6 @@ happens."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -17,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import REPO, copy_project, subprocess_env
+from tests.conftest import REPO, copy_project, stop_process, subprocess_env
 
 ARTIFACTS = REPO / "tests" / "artifacts"  # screenshots and logs kept for people (gitignored)
 SMOKE_MODEL = "sslpipe-classifier-smoke"  # where a smoke run registers (tasks/smoke.py): never the real name
@@ -90,16 +88,6 @@ def ops_project(tmp_path_factory):
         subprocess.run(["sslpipe", "server", "stop"], cwd=project, env=project_env(), capture_output=True, timeout=120)
 
 
-def _kill_group(proc: subprocess.Popen, timeout: float = 10) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-
-
 @pytest.fixture(scope="session")
 def served(ops_project):
     """`sslpipe serve` running in the project; yields (project, Prefect API URL, seconds until the
@@ -124,5 +112,5 @@ def served(ops_project):
         assert ready is not None, "deployments did not appear in 180 s"
         yield project, api, ready
     finally:
-        _kill_group(proc)
+        stop_process(proc, grace_s=10)
         log.close()

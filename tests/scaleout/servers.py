@@ -15,7 +15,6 @@ import json
 import os
 import pwd
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -27,7 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.conftest import REPO, VENV_BIN, subprocess_env
+from tests.conftest import REPO, VENV_BIN, stop_process, subprocess_env
 
 # the credentials of infra/docker-compose.yml's defaults
 DB_USER, DB_PASSWORD = "sslpipe", "sslpipe"
@@ -60,18 +59,6 @@ def wait_until(ready, what: str, proc: subprocess.Popen | None = None, log: Path
         assert proc is None or proc.poll() is None, f"{what} exited ({proc.returncode}):\n{tail}"
         assert time.monotonic() < deadline, f"{what} not ready in {timeout:.0f} s:\n{tail}"
         time.sleep(0.5)
-
-
-def stop_process(proc: subprocess.Popen, grace_s: float = 20) -> None:
-    """SIGTERM the process group ``proc`` leads (it was started in a session of its own), then SIGKILL."""
-    if proc.poll() is not None:
-        return
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(grace_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(10)
 
 
 def keep_log(log: Path, name: str) -> None:
