@@ -131,7 +131,7 @@ def test_the_smoke_model_is_registered_on_the_server_with_its_files_in_the_bucke
 
 
 def dvc_outputs(project: Path) -> list[str]:
-    """Every output dvc.lock records: all of them in DVC's cache, so all of them in the remote."""
+    """Every output dvc.lock records (all in DVC's cache but the sources manifest)."""
     import yaml
 
     lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
@@ -158,11 +158,12 @@ def test_a_teammate_pulls_the_data_and_models_from_the_dvc_remote(stack: Stack, 
     assert any(k.startswith("sslpipe/files/md5/") for k in stack.store.keys("dvc"))
     assert "in sync" in run(["dvc", "status", "--cloud"], project, env).stdout.lower()
 
-    # the run's commit: the remote (keys excepted), dvc.lock and params; every output (reports and
-    # the sources manifest too) is in DVC's cache, so it travels through the remote, not git
+    # the run's commit: the remote (keys excepted), dvc.lock, params and the sources manifest (the
+    # one output DVC does not cache: forced, .gitignore hides /data); the rest travels through the remote
     outputs = dvc_outputs(project)
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
     subprocess.run([*git, "add", ".dvc/config", "dvc.lock", "params.yaml"], cwd=project, check=True)
+    subprocess.run([*git, "add", "-f", "data/sources.json"], cwd=project, check=True)
     subprocess.run([*git, "commit", "-qm", "the run and its DVC remote"], cwd=project, check=True)
     clone = tmp_path / "clone"
     subprocess.run(["git", "clone", "-q", str(project), str(clone)], check=True)
