@@ -127,6 +127,13 @@ class DistributedParams(Section):
     max_failures: int = Field(2, ge=0)  # worker-group restarts from the last checkpoint before the stage fails
 
 
+def _check_batch_splits(batch_size: int, workers: int) -> None:
+    """The global batch must split evenly over the Ray Train workers (batch_size / workers each)."""
+    if batch_size % workers:
+        raise ValueError(f"batch_size {batch_size} does not split over {workers} workers (the global "
+                         f"batch, batch_size / workers each): make batch_size a multiple of distributed.workers")
+
+
 class PretrainParams(Section):
     method: MethodName = "simclr"
     # per method, its keyword arguments ({simclr: {temperature: 0.2}}); only ``method``'s entry is
@@ -179,10 +186,7 @@ class PretrainParams(Section):
 
     @model_validator(mode="after")
     def _batch_splits(self) -> "PretrainParams":
-        workers = self.distributed.workers
-        if self.batch_size % workers:
-            raise ValueError(f"batch_size {self.batch_size} does not split over {workers} workers (the global "
-                             f"batch, batch_size / workers each): make batch_size a multiple of distributed.workers")
+        _check_batch_splits(self.batch_size, self.distributed.workers)
         return self
 
     @model_validator(mode="after")
@@ -301,10 +305,7 @@ class FinetuneParams(Section):
 
     @model_validator(mode="after")
     def _batch_splits(self) -> "FinetuneParams":
-        workers = self.distributed.workers
-        if self.batch_size % workers:
-            raise ValueError(f"batch_size {self.batch_size} does not split over {workers} workers (the global "
-                             f"batch, batch_size / workers each): make batch_size a multiple of distributed.workers")
+        _check_batch_splits(self.batch_size, self.distributed.workers)
         return self
 
     @field_validator("label_fractions")
