@@ -11,12 +11,16 @@ from ssl_models.backbones import Encoder, build_backbone
 from ssl_models.classifier import Classifier
 
 
-def encoder_spec(backbone: str, in_channels: int, width: int, mean: list[float], std: list[float]) -> dict[str, Any]:
-    return {"backbone": backbone, "in_channels": in_channels, "width": width, "mean": mean, "std": std}
+def encoder_spec(backbone: str, in_channels: int, width: int, mean: list[float], std: list[float],
+                 stem_stride: int = 1) -> dict[str, Any]:
+    return {"backbone": backbone, "in_channels": in_channels, "width": width, "stem_stride": stem_stride,
+            "mean": mean, "std": std}
 
 
 def build_encoder(spec: dict[str, Any]) -> Encoder:
-    return Encoder(build_backbone(spec["backbone"], spec["in_channels"], spec["width"]), spec["mean"], spec["std"])
+    # files written before ``stem_stride`` existed have none: their small_cnn had stride 1
+    backbone = build_backbone(spec["backbone"], spec["in_channels"], spec["width"], spec.get("stem_stride", 1))
+    return Encoder(backbone, spec["mean"], spec["std"])
 
 
 def save_encoder(encoder: Encoder, spec: dict[str, Any], path: Path, extra: dict[str, Any] | None = None) -> None:

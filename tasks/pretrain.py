@@ -50,7 +50,7 @@ def build_method(cfg: PretrainParams, train_images: torch.Tensor):
     x = to_float(train_images[:10000])
     mean = x.mean(dim=(0, 2, 3)).tolist()
     std = x.std(dim=(0, 2, 3)).clamp(min=1e-3).tolist()
-    spec = encoder_spec(cfg.backbone, int(train_images.shape[1]), cfg.width, mean, std)
+    spec = encoder_spec(cfg.backbone, int(train_images.shape[1]), cfg.width, mean, std, cfg.stem_stride)
     torch.manual_seed(cfg.seed)
     cls = method_class(cfg.method)
     augment = ViewAugment(**{**cls.default_augment, **cfg.augment.overrides()})

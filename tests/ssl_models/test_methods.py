@@ -469,3 +469,16 @@ def test_jigsaw_loss_depends_on_tile_order() -> None:
     other = views[:-1] + [(views[-1] + 1) % method.permutations.shape[0]]
     c = method(other).loss
     assert a == b and a != c
+
+
+def test_stride2_stem_skips_the_full_resolution_layer_with_the_same_parameters() -> None:
+    one, two = SmallCNN(1, width=8, stem_stride=1), SmallCNN(1, width=8, stem_stride=2)
+    assert [p.shape for p in one.parameters()] == [p.shape for p in two.parameters()]
+    x = torch.rand(2, 1, 28, 28)
+    first = {}
+    for name, net in (("one", one), ("two", two)):
+        net.features[0].register_forward_hook(lambda m, i, o, name=name: first.__setitem__(name, o.shape))
+        assert net(x).shape == (2, 32)
+    assert first == {"one": (2, 8, 28, 28), "two": (2, 8, 14, 14)}
+    with pytest.raises(ValueError, match="stem_stride must be 1 or 2"):
+        SmallCNN(1, stem_stride=4)

@@ -113,3 +113,16 @@ def test_the_served_model_names_the_classes_and_the_rule_scores_it(project: Path
     labels = torch.from_numpy(expected.argmax(1))
     images = torch.from_numpy(np.round(x * 255).astype(np.uint8))
     assert score_top1(served.model_uri, images, labels) == score_top1(old.model_uri, images, labels) == 1.0
+
+
+def test_encoder_files_keep_their_stem_and_old_files_load_as_stride_1(tmp_path: Path) -> None:
+    from tasks.models import load_encoder, save_encoder
+
+    for stride in (1, 2):
+        spec = encoder_spec("small_cnn", 1, 4, [0.5], [0.25], stem_stride=stride)
+        save_encoder(build_encoder(spec), spec, tmp_path / f"s{stride}.pt")
+        encoder, _ = load_encoder(tmp_path / f"s{stride}.pt")
+        assert encoder.backbone.features[0].stride == (stride, stride)
+    old = encoder_spec("small_cnn", 1, 4, [0.5], [0.25])
+    del old["stem_stride"]  # written before the key existed
+    assert build_encoder(old).backbone.features[0].stride == (1, 1)
