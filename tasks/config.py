@@ -127,6 +127,14 @@ class DistributedParams(Section):
     max_failures: int = Field(2, ge=0)  # worker-group restarts from the last checkpoint before the stage fails
 
 
+class FinetuneDistributedParams(DistributedParams):
+    """``finetune.distributed``: as ``pretrain.distributed``, for the fractions large enough to need it."""
+
+    # a fraction trains on the workers only with at least this many training labels: starting a
+    # worker group costs seconds, more than a small fraction's whole training
+    min_labels: int = Field(10000, ge=0)
+
+
 def _check_batch_splits(batch_size: int, workers: int) -> None:
     """The global batch must split evenly over the Ray Train workers (batch_size / workers each)."""
     if batch_size % workers:
@@ -300,9 +308,9 @@ class FinetuneParams(Section):
     min_steps: int = Field(200, ge=1)  # the same for every arm: tiny label sets still get trained
     fixmatch: FixMatchParams = FixMatchParams()
     distill: DistillParams = DistillParams()
-    # the supervised and ssl_finetune arms on Ray Train workers (fixmatch, ssl_fixmatch and
-    # ssl_distill stay in one process); 1: one process, no Ray
-    distributed: DistributedParams = DistributedParams()
+    # the supervised and ssl_finetune arms on Ray Train workers at the fractions with at least
+    # ``min_labels`` training labels (fixmatch, ssl_fixmatch and ssl_distill stay in one process)
+    distributed: FinetuneDistributedParams = FinetuneDistributedParams()
     seed: int = 0
 
     @model_validator(mode="after")

@@ -15,7 +15,7 @@ from ssl_models import checkpoint
 from ssl_models.classifier import Classifier, accuracy
 from tasks import paths
 from tasks.arms import ARMS, TUNED_KEYS, arm_config, new_classifier, train_arm
-from tasks.config import DistributedParams, FinetuneParams
+from tasks.config import FinetuneDistributedParams, FinetuneParams
 from tasks.dataset import load_dataset
 from tasks.io import write_json
 from tasks.models import save_classifier
@@ -37,9 +37,9 @@ def finetune(cfg: FinetuneParams, progress: bool = True, log_mlflow: bool = True
     pool, _ = data.split("train")
     report: dict[str, dict[str, Any]] = {}
     if progress and cfg.distributed.workers > 1:
-        alone = [arm for arm in cfg.arms if not on_workers(arm, cfg.distributed)]
-        print(f"finetune on {cfg.distributed.workers} Ray Train workers: "
-              f"{', '.join(a for a in cfg.arms if a not in alone)}"
+        alone = [arm for arm in cfg.arms if not on_workers(arm, cfg.distributed, cfg.distributed.min_labels)]
+        print(f"finetune on {cfg.distributed.workers} Ray Train workers at fractions with "
+              f">= {cfg.distributed.min_labels} training labels: {', '.join(a for a in cfg.arms if a not in alone)}"
               + (f"; in one process: {', '.join(alone)} (FixMatch and distillation are not sharded)" if alone else ""),
               flush=True)
     for fraction in cfg.label_fractions:
@@ -52,14 +52,15 @@ def finetune(cfg: FinetuneParams, progress: bool = True, log_mlflow: bool = True
             hp = {k: best[arm][k] for k in TUNED_KEYS}
             model = new_classifier(arm, blob, data.num_classes, cfg.seed)
             train_cfg = arm_config(arm, hp, cfg, batch_size=cfg.batch_size, min_steps=cfg.min_steps, seed=cfg.seed)
-            history = _train(arm, model, x, y, pool, train_cfg, cfg, trained, f"{fraction:g}")
+            workers = cfg.distributed.workers if on_workers(arm, cfg.distributed, len(train_idx)) else 1
+            history = _train(arm, model, x, y, pool, train_cfg, cfg, trained, f"{fraction:g}", workers)
             val_top1 = accuracy(model, *val) if len(val_idx) else float("nan")
             trained[arm] = model.cpu().to(memory_format=torch.contiguous_format).eval()
             save_classifier(trained[arm], blob["spec"], data.num_classes, paths.classifier_path(arm, fraction),
                             {"arm": arm, "fraction": fraction, "config": hp, "val_top1": val_top1,
                              "num_val": len(val_idx), "data_version": data.version})
             entry["arms"][arm] = {"epochs": len(history), "final_train_loss": history[-1]["train_loss"],
-                                  "val_top1": val_top1, **hp}
+                                  "val_top1": val_top1, "workers": workers, **hp}
             if progress:
                 print(f"  {arm:<13} {fraction:>5g} ({len(train_idx)} labels, {len(val_idx)} for validation): "
                       f"{len(history)} epochs, train loss {history[-1]['train_loss']:.3f}, val top-1 {val_top1:.4f}")
@@ -74,17 +75,18 @@ def finetune(cfg: FinetuneParams, progress: bool = True, log_mlflow: bool = True
     return FinetuneResult(report)
 
 
-def on_workers(arm: str, dist_cfg: DistributedParams) -> bool:
-    """Whether ``arm`` trains on Ray Train workers under ``dist_cfg``: more than one worker, and an
-    arm that learns from the labels alone (FixMatch's and distillation's batches are not sharded)."""
-    return dist_cfg.workers > 1 and ARMS[arm].method == "supervised"
+def on_workers(arm: str, dist_cfg: FinetuneDistributedParams, num_train: int) -> bool:
+    """Whether ``arm`` trains on Ray Train workers under ``dist_cfg`` with ``num_train`` training
+    labels: more than one worker, at least ``min_labels`` labels, and an arm that learns from the
+    labels alone (FixMatch's and distillation's batches are not sharded)."""
+    return dist_cfg.workers > 1 and num_train >= dist_cfg.min_labels and ARMS[arm].method == "supervised"
 
 
 def _train(arm: str, model: Classifier, x: torch.Tensor, y: torch.Tensor, pool: Any, train_cfg: Any,
-           cfg: FinetuneParams, trained: dict[str, Classifier], fraction: str) -> list[dict[str, float]]:
-    """Train one arm: on Ray Train workers where ``finetune.distributed`` asks for several and the
-    arm learns from the labels alone (``tasks.distributed_finetune``), else in this process."""
-    if on_workers(arm, cfg.distributed):
+           cfg: FinetuneParams, trained: dict[str, Classifier], fraction: str, workers: int) -> list[dict[str, float]]:
+    """Train one arm: on ``workers`` Ray Train workers (``tasks.distributed_finetune``) when more
+    than one, else in this process."""
+    if workers > 1:
         from tasks.distributed_finetune import train_classifier_on_workers
 
         return train_classifier_on_workers(model, x, y, train_cfg, cfg.distributed, name=f"finetune-{arm}-{fraction}")

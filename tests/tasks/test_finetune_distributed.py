@@ -1,11 +1,12 @@
 """Fine-tuning on Ray Train workers (tasks/distributed_finetune.py), with real processes: two
 workers train a supervised arm to the end, and their first step's loss is the one process's loss on
 the same global batch (each worker crops the whole batch as one process does, steps on its half,
-BatchNorm synchronised)."""
+BatchNorm synchronised); the finetune stage sends the fractions with enough labels there."""
 
 from __future__ import annotations
 
 import copy
+import json
 import math
 from dataclasses import replace
 from pathlib import Path
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tasks.config import DistributedParams, FinetuneParams
+from tasks.config import DistributedParams, FinetuneDistributedParams, FinetuneParams
 
 WORKERS = 2
 TUNED = {"lr": 1e-3, "weight_decay": 1e-4, "epochs": 2, "encoder_lr_scale": 1.0}
@@ -67,10 +68,36 @@ def test_the_global_batch_must_split_over_the_workers() -> None:
         FinetuneParams(batch_size=30, distributed={"workers": 4})
 
 
-def test_only_arms_that_learn_from_labels_alone_go_to_workers() -> None:
+def test_only_arms_that_learn_from_labels_alone_and_large_fractions_go_to_workers() -> None:
     from tasks.finetune import on_workers
 
-    two = DistributedParams(workers=2)
+    two = FinetuneDistributedParams(workers=2, min_labels=100)
     assert [a for a in ("ssl_finetune", "ssl_fixmatch", "ssl_distill", "supervised", "fixmatch")
-            if on_workers(a, two)] == ["ssl_finetune", "supervised"]
-    assert not on_workers("supervised", DistributedParams(workers=1))
+            if on_workers(a, two, 100)] == ["ssl_finetune", "supervised"]
+    assert not on_workers("supervised", two, 99)
+    assert not on_workers("supervised", FinetuneDistributedParams(workers=1, min_labels=0), 10**6)
+
+
+@pytest.mark.e2e  # real processes: a local Ray and Ray Train workers
+@pytest.mark.xdist_group("ray_train")
+def test_the_stage_sends_large_fractions_to_the_workers(local_ray, pretrained: Path) -> None:
+    """``finetune`` with 2 workers and ``min_labels`` between the two fractions' label counts:
+    the supervised arm trains on the workers at the large fraction only, FixMatch always in this
+    process; the report says where each ran and every classifier is written."""
+    from tasks import paths
+    from tasks.finetune import finetune
+    from tasks.models import load_classifier
+    from tests.tasks.test_stages import BEST, finetune_params
+
+    paths.BEST_CONFIG.parent.mkdir(parents=True)
+    paths.BEST_CONFIG.write_text(json.dumps(BEST))
+    cfg = finetune_params(arms=["supervised", "fixmatch"],
+                          distributed={"workers": WORKERS, "min_labels": 50, "storage_path": str(pretrained / "ray")})
+    report = finetune(cfg, progress=False, log_mlflow=False).fractions
+    assert {f: report[f]["num_train"] for f in report} == {"0.1": 10, "0.5": 80}
+    assert {f: {a: row["workers"] for a, row in report[f]["arms"].items()} for f in report} == \
+        {"0.1": {"supervised": 1, "fixmatch": 1}, "0.5": {"supervised": WORKERS, "fixmatch": 1}}
+    for fraction in (0.1, 0.5):
+        for arm in ("supervised", "fixmatch"):
+            _, blob = load_classifier(paths.classifier_path(arm, fraction))
+            assert math.isfinite(blob["val_top1"]) and blob["val_top1"] == report[f"{fraction:g}"]["arms"][arm]["val_top1"]
