@@ -57,6 +57,7 @@ def stop_process(proc: subprocess.Popen, grace_s: float = 20) -> None:
         proc.wait(10)
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own, which turns the marker into the test's group
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Under pytest-xdist (`make test`: two workers, ``--dist loadgroup``) every test on the
     session's smoke project (``ops_project``, ``served``) runs in one worker, which builds the project
@@ -64,6 +65,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if {"ops_project", "served"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.xdist_group("ops_project"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Refuse a pytest whose node ids pytest-xdist 3.8 cannot group (9.2: pytest-xdist#1386): under
+    ``--dist loadgroup`` every worker would then build the shared projects, servers and clusters."""
+    from packaging.version import Version
+
+    if config.getoption("dist", "no") == "loadgroup" and Version(pytest.__version__) >= Version("9.2"):
+        raise pytest.UsageError(f"pytest {pytest.__version__} breaks pytest-xdist's --dist loadgroup "
+                                "(pytest-xdist#1386): install the pinned versions, pip install -e '.[test]'")
 
 
 @pytest.fixture(autouse=True)

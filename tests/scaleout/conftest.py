@@ -190,6 +190,7 @@ def ray_cluster() -> Iterator[RayCluster]:
         assert not in_netns, f"processes left in network namespace {link.name}: {in_netns}"
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own, which turns the marker into the test's group
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Under pytest-xdist, every test on the cluster runs in one worker, which starts it once."""
     for item in items:
