@@ -105,10 +105,10 @@ def pool_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
     return x.mean(dim=(0, 2, 3)).tolist(), x.std(dim=(0, 2, 3)).clamp(min=1e-3).tolist()
 
 
-def build_encoder(backbone: str, images: torch.Tensor, width: int = 32) -> Encoder:
+def build_encoder(backbone: str, images: torch.Tensor, width: int = 32, stem_stride: int = 1) -> Encoder:
     """A fresh encoder for ``images`` (uint8 (N, C, H, W)), normalized with their statistics."""
     mean, std = pool_stats(images)
-    return Encoder(build_backbone(backbone, int(images.shape[1]), width), mean, std)
+    return Encoder(build_backbone(backbone, int(images.shape[1]), width, stem_stride), mean, std)
 
 
 def load_fashion_mnist() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

@@ -69,9 +69,9 @@ def config_for(method: str, steps: int, args: argparse.Namespace, pool: int) -> 
                        checkpoint_every=10**9, **METHODS[method].optim)
 
 
-def make_method(name: str, images: torch.Tensor, seed: int):
+def make_method(name: str, images: torch.Tensor, seed: int, stem_stride: int):
     torch.manual_seed(seed)
-    return METHODS[name](build_encoder(backbone_for(name), images, 32))
+    return METHODS[name](build_encoder(backbone_for(name), images, 32, stem_stride))
 
 
 def seconds_per_step(name: str, images: torch.Tensor, args: argparse.Namespace) -> float:
@@ -80,7 +80,7 @@ def seconds_per_step(name: str, images: torch.Tensor, args: argparse.Namespace) 
     stamps: list[float] = []
     cfg = config_for(name, 4, args, len(images))
     cfg.log_every = 1
-    method = make_method(name, images, args.seed)
+    method = make_method(name, images, args.seed, args.stem_stride)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         train(method, images[: 4 * args.batch_size], cfg, progress=False,
@@ -116,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bank-images", type=int, default=60000,
                    help="train images whose features form the kNN bank and fit the linear probe (default: all 60000)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--stem-stride", type=int, default=2, choices=[1, 2],
+                   help="small_cnn's first convolution stride (default 2, pretrain.stem_stride's default)")
     args = p.parse_args(argv)
 
     data = load_fashion_mnist()
@@ -128,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
           f", batch {args.batch_size}, epochs of {args.epoch_images} images, pool = {len(pool)} train images (labels unused)")
     print(f"training:    ssl_models.engine.train, precision {autocast_dtype(device, 'auto') or 'fp32'}, channels_last "
           f"{use_channels_last(device)}, no compile; warmup 10 % + cosine; each method's own optimizer, lr and "
-          "weight decay (SSLMethod.optim, as in the pipeline) and default arguments")
+          f"weight decay (SSLMethod.optim, as in the pipeline) and default arguments; small_cnn stem stride {args.stem_stride}")
     print(f"eval:        frozen encoder features; kNN k=20 cosine T=0.07 and a linear probe (L-BFGS, 200 it.), "
           f"bank / probe fit on the first {min(args.bank_images, len(pool))} train images, scored on the 10k test images")
     print()
@@ -138,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.methods:
         backbone = backbone_for(name)
         if backbone not in random_init:
-            random_init[backbone] = evaluate(make_method(name, pool, args.seed).encoder, data, args.bank_images)
+            random_init[backbone] = evaluate(make_method(name, pool, args.seed, args.stem_stride).encoder, data, args.bank_images)
             print(f"  random-init {backbone}: kNN {random_init[backbone].knn:.4f}, linear {random_init[backbone].linear:.4f}",
                   flush=True)
         if args.images is None:
@@ -146,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
             steps = max(10, int(args.seconds / step_s))
         else:
             step_s, steps = float("nan"), max(1, args.images // args.batch_size)
-        method = make_method(name, pool, args.seed)
+        method = make_method(name, pool, args.seed, args.stem_stride)
         cfg = config_for(name, steps, args, len(pool))
         t0 = time.perf_counter()
         try:

@@ -93,7 +93,7 @@ def measure(args: argparse.Namespace, device: torch.device, precision: str, comp
     channels_last = dtype is not None and not args.no_channels_last
     torch.manual_seed(0)
     images = torch.randint(0, 256, (args.batch_size, args.channels, args.image_size, args.image_size), dtype=torch.uint8)
-    method = SimCLR(build_encoder(args.backbone, images, args.width)).to(device)
+    method = SimCLR(build_encoder(args.backbone, images, args.width, args.stem_stride)).to(device)
     if channels_last:
         method.to(memory_format=torch.channels_last)
     method.train()
@@ -130,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     p.add_argument("--backbone", default="small_cnn", help="small_cnn (default), resnet18 or vit_tiny")
     p.add_argument("--width", type=int, default=32, help="small_cnn first-stage width (default 32)")
+    p.add_argument("--stem-stride", type=int, default=2, choices=[1, 2],
+                   help="small_cnn's first convolution stride (default 2, pretrain.stem_stride's default)")
     p.add_argument("--image-size", type=int, default=28, help="image side (default 28, Fashion-MNIST)")
     p.add_argument("--channels", type=int, default=None, help="image channels (default: 1, or 3 for resnet18)")
     p.add_argument("--batch-size", type=int, default=256, help="images per step; each gives 2 views (default 256)")
@@ -159,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     for line in setup_lines(device):
         print(line)
     print(f"device:      {device}")
-    print(f"model:       SimCLR, {args.backbone}" + (f" width {args.width}" if args.backbone == "small_cnn" else "")
+    print(f"model:       SimCLR, {args.backbone}" + (f" width {args.width}, stem stride {args.stem_stride}" if args.backbone == "small_cnn" else "")
           + f", {args.channels}x{args.image_size}x{args.image_size}, head 512-128, NT-Xent T=0.2, SGD nesterov")
     print(f"batch:       {args.batch_size} images = {2 * args.batch_size} views per step (default ViewAugment views)")
     print(f"compile:     {'eager and torch.compile' if args.compile else 'eager only (--compile adds compiled rows)'}")
