@@ -37,7 +37,7 @@ def finetune(cfg: FinetuneParams, progress: bool = True, log_mlflow: bool = True
     pool, _ = data.split("train")
     report: dict[str, dict[str, Any]] = {}
     if progress and cfg.distributed.workers > 1:
-        alone = [arm for arm in cfg.arms if not on_workers(arm, cfg.distributed, cfg.distributed.min_labels)]
+        alone = [arm for arm in cfg.arms if not shardable(arm)]
         print(f"finetune on {cfg.distributed.workers} Ray Train workers at fractions with "
               f">= {cfg.distributed.min_labels} training labels: {', '.join(a for a in cfg.arms if a not in alone)}"
               + (f"; in one process: {', '.join(alone)} (FixMatch and distillation are not sharded)" if alone else ""),
@@ -75,11 +75,16 @@ def finetune(cfg: FinetuneParams, progress: bool = True, log_mlflow: bool = True
     return FinetuneResult(report)
 
 
+def shardable(arm: str) -> bool:
+    """Whether ``arm`` can train on Ray Train workers: it learns from the labels alone
+    (FixMatch's and distillation's batches are not sharded)."""
+    return ARMS[arm].method == "supervised"
+
+
 def on_workers(arm: str, dist_cfg: FinetuneDistributedParams, num_train: int) -> bool:
     """Whether ``arm`` trains on Ray Train workers under ``dist_cfg`` with ``num_train`` training
-    labels: more than one worker, at least ``min_labels`` labels, and an arm that learns from the
-    labels alone (FixMatch's and distillation's batches are not sharded)."""
-    return dist_cfg.workers > 1 and num_train >= dist_cfg.min_labels and ARMS[arm].method == "supervised"
+    labels: more than one worker, at least ``min_labels`` labels, and a ``shardable`` arm."""
+    return dist_cfg.workers > 1 and num_train >= dist_cfg.min_labels and shardable(arm)
 
 
 def _train(arm: str, model: Classifier, x: torch.Tensor, y: torch.Tensor, pool: Any, train_cfg: Any,
