@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torchvision
 from torch import nn
 
 
@@ -13,7 +12,9 @@ def resnet18_small(in_channels: int = 3) -> nn.Module:
     Shapes:
         (N, C, H, W) -> (N, 512)
     """
-    model = torchvision.models.resnet18(weights=None)
+    from torchvision.models import resnet18  # here: torchvision's import pulls in torch._dynamo (~1 s a process)
+
+    model = resnet18(weights=None)
     model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
     model.maxpool = nn.Identity()
     model.fc = nn.Identity()
