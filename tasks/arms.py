@@ -71,6 +71,15 @@ def arm_config(arm: str, tuned: Mapping[str, Any], cfg: FinetuneParams, *, batch
     return FinetuneConfig(**common)
 
 
+def relative_step_cost(arm: str, cfg: FinetuneParams) -> float:
+    """What a training step of ``arm`` costs beside a supervised one: ~1 + 2 mu for the arms that
+    also pass ``mu`` unlabeled images per labeled one twice (FixMatch's weak and strong views; the
+    teacher's and the student's passes in distillation)."""
+    method = ARMS[arm].method
+    mu = cfg.fixmatch.mu if method == "fixmatch" else cfg.distill.mu if method == "distill" else 0
+    return 1.0 + 2.0 * mu
+
+
 def train_arm(arm: str, model: Classifier, x: Tensor, y: Tensor, pool: Tensor, train_cfg: Any,
               teacher: Classifier | None = None, val: tuple[Tensor, Tensor] | None = None,
               on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> list[dict[str, float]]:

@@ -3,10 +3,14 @@ arm with the same number of trials and the same epoch choices. Trials train on a
 and are scored on a validation split carved from those labels -- never on the test split.
 Writes ``models/tune/best.json``.
 
-Reproducible: the search is seeded (``tune.seed``: every trial's configuration), every trial trains
-with that seed on one thread, and no decision depends on timing -- each trial runs its epochs to the
-end (no early stopping, whose decisions would hang on which trial reports first) and the best is the
-highest last-epoch validation top-1, ties to the earlier trial. Same params and data, same configs.
+Reproducible: the search is seeded (``tune.seed``: every arm's configurations come from a stream of
+its own), every trial trains with that seed on one thread, and no decision depends on timing -- each
+trial runs its epochs to the end (no early stopping, whose decisions would hang on which trial
+reports first) and the best is the highest last-epoch validation top-1, ties to the earlier draw.
+Same params and data, same configs.
+
+Fast: the arms' trials run in one Tuner, the costliest first, so that no core idles while one arm's
+last trial finishes before the next arm starts (an arm that distils runs after its teacher's arm).
 """
 
 from __future__ import annotations
@@ -21,7 +25,14 @@ import torch
 
 from ssl_models import checkpoint
 from tasks import paths
-from tasks.arms import ARMS, TUNED_KEYS, arm_config, new_classifier, train_arm
+from tasks.arms import (
+    ARMS,
+    TUNED_KEYS,
+    arm_config,
+    new_classifier,
+    relative_step_cost,
+    train_arm,
+)
 from tasks.config import FinetuneParams, TuneParams
 from tasks.dataset import load_dataset
 from tasks.io import read_json, write_json
@@ -126,7 +137,7 @@ def _trial_printer():
     class TrialLine(Callback):
         def on_trial_complete(self, iteration, trials, trial, **info):
             r, c = trial.last_result or {}, trial.config
-            print(f"  trial {trial.trial_id} [{c['arm']}] lr={c['lr']:.2e} wd={c['weight_decay']:.1e} "
+            print(f"  trial {trial.trial_id} [{c['arm']} #{c['draw']}] lr={c['lr']:.2e} wd={c['weight_decay']:.1e} "
                   f"epochs={c['epochs']} encoder_lr_scale={c['encoder_lr_scale']}: "
                   f"{METRIC}={r.get(METRIC, float('nan')):.4f}", flush=True)
 
@@ -136,57 +147,99 @@ def _trial_printer():
     return TrialLine()
 
 
-def tune_arm(cfg: TuneParams, arm: str, data: dict[str, Any], parent_run_id: str | None, progress: bool):
-    """Search one arm: ``cfg.num_samples`` trials from a seeded random search, each to its end."""
+def _mlflow_callback(parent_run_id: str):
+    """Tune's MLflow callback: a nested run per trial under the stage's, tagged with its arm."""
+    import mlflow
+    from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+    class PerArm(MLflowLoggerCallback):
+        def log_trial_start(self, trial):
+            self.tags = {**self.tags, "sslpipe.arm": trial.config["arm"]}
+            super().log_trial_start(trial)
+
+    return PerArm(tracking_uri=mlflow.get_tracking_uri(),
+                  experiment_name=mlflow.get_experiment(mlflow.active_run().info.experiment_id).name,
+                  tags={"mlflow.parentRunId": parent_run_id, "sslpipe.stage": "tune-trial"}, save_artifact=False)
+
+
+def draw_configs(cfg: TuneParams, arm: str) -> list[dict[str, Any]]:
+    """The arm's ``cfg.num_samples`` configurations, ``draw`` numbering them: Ray Tune's random
+    search (``search_space``) from the arm's own seeded stream, so that adding an arm changes no
+    other arm's draws."""
+    import numpy as np
+    from ray.tune.search.variant_generator import generate_variants
+
+    rng = np.random.default_rng(cfg.seed * 1000 + list(ARMS).index(arm))  # what BasicVariantGenerator(random_state=) holds
+    space = {"config": search_space(cfg, arm)}
+    return [{**next(generate_variants(space, random_state=rng))[1]["config"], "draw": i} for i in range(cfg.num_samples)]
+
+
+def waves(arms: list[str]) -> list[list[str]]:
+    """``arms`` in rounds of one Tuner each: an arm that distils after the round that tunes its teacher."""
+    rounds: list[list[str]] = []
+    for arm in arms:  # teachers come first in finetune.arms
+        teacher = ARMS[arm].teacher
+        after = next((i for i, r in enumerate(rounds) if teacher in r), -1) if teacher else -1
+        if after + 1 == len(rounds):
+            rounds.append([])
+        rounds[after + 1].append(arm)
+    return rounds
+
+
+def costliest_first(configs: list[dict[str, Any]], finetune_cfg: FinetuneParams) -> list[dict[str, Any]]:
+    """``configs`` by decreasing cost, epochs x ``relative_step_cost`` (ties keep their order):
+    with the long trials started first, the last to finish are short and no core idles long."""
+    return sorted(configs, key=lambda c: -c["epochs"] * relative_step_cost(c["arm"], finetune_cfg))
+
+
+def tune_arms(cfg: TuneParams, arms: list[str], finetune_cfg: FinetuneParams, data: dict[str, Any], name: str,
+              parent_run_id: str | None, progress: bool):
+    """Every trial of ``arms`` in one Tuner, at most ``max_concurrent_trials`` at once, each run to
+    its end, the costliest first."""
     from ray import tune
     from ray.tune.schedulers import FIFOScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
+    points = costliest_first([c for arm in arms for c in draw_configs(cfg, arm)], finetune_cfg)
     callbacks = [_trial_printer()] if progress else []
     if parent_run_id:
-        from ray.air.integrations.mlflow import MLflowLoggerCallback
-
-        import mlflow
-
-        callbacks.append(MLflowLoggerCallback(
-            tracking_uri=mlflow.get_tracking_uri(),
-            experiment_name=mlflow.get_experiment(mlflow.active_run().info.experiment_id).name,
-            tags={"mlflow.parentRunId": parent_run_id, "sslpipe.stage": "tune-trial", "sslpipe.arm": arm},
-            save_artifact=False,
-        ))
+        callbacks.append(_mlflow_callback(parent_run_id))
     trainable = tune.with_resources(tune.with_parameters(_trial, data=data), trial_resources(cfg))
     tuner = tune.Tuner(
         trainable,
-        param_space=search_space(cfg, arm),
+        param_space=dict.fromkeys(points[0]),  # every value comes from ``points``, drawn above
         tune_config=tune.TuneConfig(
-            metric=METRIC, mode="max", num_samples=cfg.num_samples,
-            # one seeded stream of configurations per arm, drawn in the driver in trial order; the
-            # generator holds the concurrency limit (Tune ignores max_concurrent_trials beside it)
-            search_alg=BasicVariantGenerator(random_state=cfg.seed * 1000 + list(ARMS).index(arm),
-                                             max_concurrent=cfg.max_concurrent_trials),
+            metric=METRIC, mode="max", num_samples=len(points),
+            # the generator holds the concurrency limit (Tune ignores max_concurrent_trials beside it)
+            search_alg=BasicVariantGenerator(points_to_evaluate=points, max_concurrent=cfg.max_concurrent_trials),
             scheduler=FIFOScheduler(),
             reuse_actors=True,  # a trial re-seeds everything it uses: a warm process, not a new torch import
         ),
-        run_config=tune.RunConfig(name=f"tune-{arm}", storage_path=storage_path(cfg),
-                                  callbacks=callbacks, verbose=0),
+        run_config=tune.RunConfig(name=name, storage_path=storage_path(cfg), callbacks=callbacks, verbose=0),
     )
     return tuner.fit()
 
 
-def best_of(results: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The best configuration (highest last-epoch val top-1; ties: the earlier trial) and every
-    trial's row, in trial order, with the id of the Ray node the trial ran on."""
+def best_of(results: Any, arms: list[str]) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
+    """Each arm's best configuration (highest last-epoch val top-1; ties: the earlier draw) and
+    every trial's row, by arm and draw, with the id of the Ray node the trial ran on."""
     rows = []
-    for r in sorted(results, key=lambda r: r.path):  # trial names carry their order: ..._00000, _00001
+    for r in results:
         if r.error or not r.metrics or METRIC not in r.metrics:
             continue
-        rows.append({**{k: r.config[k] for k in TUNED_KEYS}, "arm": r.config["arm"], METRIC: float(r.metrics[METRIC]),
-                     "epochs_run": int(r.metrics.get("training_iteration", 0)), "node_id": r.metrics.get("node_id")})
-    if not rows:
-        raise RuntimeError(f"every {results[0].config['arm'] if len(results) else ''} trial failed; "
-                           f"first error: {next((r.error for r in results if r.error), None)}")
-    top = max(rows, key=lambda row: row[METRIC])  # max keeps the first of equals
-    return {**{k: top[k] for k in TUNED_KEYS}, METRIC: top[METRIC]}, rows
+        rows.append({**{k: r.config[k] for k in TUNED_KEYS}, "arm": r.config["arm"], "draw": r.config["draw"],
+                     METRIC: float(r.metrics[METRIC]), "epochs_run": int(r.metrics.get("training_iteration", 0)),
+                     "node_id": r.metrics.get("node_id")})
+    rows.sort(key=lambda row: (arms.index(row["arm"]), row["draw"]))
+    best = {}
+    for arm in arms:
+        mine = [row for row in rows if row["arm"] == arm]
+        if not mine:
+            error = next((r.error for r in results if r.error and r.config.get("arm") == arm), None)
+            raise RuntimeError(f"every {arm} trial failed; first error: {error}")
+        top = max(mine, key=lambda row: row[METRIC])  # max keeps the first of equals
+        best[arm] = {**{k: top[k] for k in TUNED_KEYS}, METRIC: top[METRIC]}
+    return best, rows
 
 
 def _teacher_state(arm: str, best: dict[str, Any], data: dict[str, Any], finetune_cfg: FinetuneParams) -> dict:
@@ -241,16 +294,21 @@ def tune_stage(cfg: TuneParams, finetune_cfg: FinetuneParams, progress: bool = T
 
         parent = mlflow.active_run().info.run_id
     started = init_ray(cfg.cpus_per_trial * cfg.max_concurrent_trials, int(torch.cuda.is_available()))
-    best, table = {}, []
+    best: dict[str, dict[str, Any]] = {}
+    table: list[dict[str, Any]] = []
     try:
         _check_placement(cfg, local=started and not on_cluster())
-        for arm in finetune_cfg.arms:  # teachers first
+        for i, arms in enumerate(waves(finetune_cfg.arms)):
             if progress:
-                print(f"tune {arm}: {cfg.num_samples} trials, at most {cfg.max_concurrent_trials} at once", flush=True)
-            best[arm], rows = best_of(tune_arm(cfg, arm, data, parent, progress))
+                print(f"tune {', '.join(arms)}: {cfg.num_samples} trials each, at most {cfg.max_concurrent_trials} "
+                      "at once", flush=True)
+            found, rows = best_of(tune_arms(cfg, arms, finetune_cfg, data, "tune" if i == 0 else f"tune-{i + 1}",
+                                            parent, progress), arms)
+            best.update(found)
             table += rows
-            if any(ARMS[a].teacher == arm for a in finetune_cfg.arms):
-                data["teachers"][arm] = _teacher_state(arm, best[arm], data, finetune_cfg)
+            for arm in arms:
+                if any(ARMS[a].teacher == arm for a in finetune_cfg.arms):
+                    data["teachers"][arm] = _teacher_state(arm, best[arm], data, finetune_cfg)
     finally:
         if started:  # a local Ray stops; on a cluster this driver only disconnects, the cluster runs on
             ray.shutdown()

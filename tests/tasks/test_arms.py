@@ -114,3 +114,25 @@ def test_a_baseline_that_wins_on_validation_is_registered_and_says_so(pretrained
     assert "test_top1.ssl_finetune" in mv.tags and "protocol" in mv.tags
     assert "did NOT pay off" in mv.description and "supervised" in mv.description
     assert result.alias == "champion"  # no champion before: this one is
+
+
+def test_each_arm_draws_from_its_own_stream_and_the_costliest_trials_start_first() -> None:
+    """Adding an arm changes no other arm's configurations (the README's figures stay comparable),
+    and one Tuner takes every arm's trials, FixMatch's long ones first: the last to finish are short."""
+    from tasks.arms import relative_step_cost
+    from tasks.tune import costliest_first, draw_configs, waves
+
+    cfg = TuneParams(num_samples=3, epochs=[2, 6], seed=4)
+    alone = draw_configs(cfg, "supervised")
+    assert [c["draw"] for c in alone] == [0, 1, 2] and len({c["lr"] for c in alone}) == 3
+    assert draw_configs(cfg, "supervised") == alone  # seeded
+    assert draw_configs(TuneParams(num_samples=3, epochs=[2, 6], seed=5), "supervised") != alone
+    assert draw_configs(cfg, "fixmatch") != alone  # another arm, another stream
+    ft = FinetuneParams()
+    assert relative_step_cost("fixmatch", ft) == 1 + 2 * ft.fixmatch.mu > relative_step_cost("ssl_finetune", ft) == 1
+    order = costliest_first([*alone, *draw_configs(cfg, "fixmatch")], ft)
+    cost = [c["epochs"] * relative_step_cost(c["arm"], ft) for c in order]
+    assert cost == sorted(cost, reverse=True) and order[0]["arm"] == "fixmatch" and order[-1]["arm"] == "supervised"
+    assert waves(["ssl_finetune", "ssl_distill", "supervised", "fixmatch"]) == [
+        ["ssl_finetune", "supervised", "fixmatch"], ["ssl_distill"]]  # a student after its teacher's round
+    assert waves(["supervised"]) == [["supervised"]]
