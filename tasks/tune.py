@@ -222,7 +222,7 @@ def tune_arms(cfg: TuneParams, arms: list[str], finetune_cfg: FinetuneParams, da
 
 def best_of(results: Any, arms: list[str]) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
     """Each arm's best configuration (highest last-epoch val top-1; ties: the earlier draw) and
-    every trial's row, by arm and draw, with the id of the Ray node the trial ran on."""
+    every trial's row, with the id of the Ray node the trial ran on."""
     rows = []
     for r in results:
         if r.error or not r.metrics or METRIC not in r.metrics:
@@ -230,14 +230,13 @@ def best_of(results: Any, arms: list[str]) -> tuple[dict[str, dict[str, Any]], l
         rows.append({**{k: r.config[k] for k in TUNED_KEYS}, "arm": r.config["arm"], "draw": r.config["draw"],
                      METRIC: float(r.metrics[METRIC]), "epochs_run": int(r.metrics.get("training_iteration", 0)),
                      "node_id": r.metrics.get("node_id")})
-    rows.sort(key=lambda row: (arms.index(row["arm"]), row["draw"]))
     best = {}
     for arm in arms:
         mine = [row for row in rows if row["arm"] == arm]
         if not mine:
             error = next((r.error for r in results if r.error and r.config.get("arm") == arm), None)
             raise RuntimeError(f"every {arm} trial failed; first error: {error}")
-        top = max(mine, key=lambda row: row[METRIC])  # max keeps the first of equals
+        top = max(mine, key=lambda row: (row[METRIC], -row["draw"]))
         best[arm] = {**{k: top[k] for k in TUNED_KEYS}, METRIC: top[METRIC]}
     return best, rows
 
@@ -312,6 +311,7 @@ def tune_stage(cfg: TuneParams, finetune_cfg: FinetuneParams, progress: bool = T
     finally:
         if started:  # a local Ray stops; on a cluster this driver only disconnects, the cluster runs on
             ray.shutdown()
+    table.sort(key=lambda row: (finetune_cfg.arms.index(row["arm"]), row["draw"]))
     write_json(paths.BEST_CONFIG, {**best, "label_fraction": cfg.label_fraction,
                                    "num_train": len(data["y_train"]), "num_val": len(data["y_val"])})
     write_json(paths.TUNE_REPORT, {"best": best, "trials": table})

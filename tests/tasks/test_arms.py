@@ -64,7 +64,7 @@ def test_tune_twice_gives_the_same_configs(pretrained: Path) -> None:
     from tasks.tune import tune_stage
 
     cfg = TuneParams(label_fraction=0.5, num_samples=2, epochs=[1, 2], batch_size=16, max_concurrent_trials=2)
-    ft = finetune_params(arms=["ssl_finetune", "supervised"])
+    ft = finetune_params(arms=["ssl_finetune", "ssl_distill", "supervised"])  # ssl_distill: a second round
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         first = tune_stage(cfg, ft, progress=False, log_mlflow=False).best
@@ -75,9 +75,11 @@ def test_tune_twice_gives_the_same_configs(pretrained: Path) -> None:
         ray.shutdown()
     assert first == second
     assert json.loads(paths.TUNE_REPORT.read_text()) == report
-    assert len(report["trials"]) == 4 and {t["arm"] for t in report["trials"]} == {"ssl_finetune", "supervised"}
+    assert [(t["arm"], t["draw"]) for t in report["trials"]] == [
+        (arm, draw) for arm in ("ssl_finetune", "ssl_distill", "supervised") for draw in (0, 1)]  # by arm and draw
     assert all(t["encoder_lr_scale"] in (0.1, 0.3) for t in report["trials"] if t["arm"] == "ssl_finetune")
-    assert len({t["lr"] for t in report["trials"]}) == 4  # a real search: every trial drew its own lr
+    assert len({t["lr"] for t in report["trials"]}) == 6  # a real search: every trial drew its own lr
+    assert sorted(p.name for p in paths.RAY_RESULTS.iterdir() if p.is_dir()) == ["tune", "tune-2"]  # the student's round after
 
 
 def test_a_baseline_that_wins_on_validation_is_registered_and_says_so(pretrained: Path, monkeypatch) -> None:
@@ -93,7 +95,7 @@ def test_a_baseline_that_wins_on_validation_is_registered_and_says_so(pretrained
 
     paths.BEST_CONFIG.parent.mkdir(parents=True)
     paths.BEST_CONFIG.write_text(json.dumps(BEST))
-    ft = finetune_params(arms=["ssl_finetune", "supervised"])
+    ft = finetune_params(arms=["ssl_finetune", "ssl_distill", "supervised"])  # ssl_distill: a second round
     finetune(ft, progress=False, log_mlflow=False)
     # make the baseline the validation-best at the largest fraction, whatever the tiny run gave
     for arm, val in (("ssl_finetune", 0.1), ("supervised", 0.9)):
