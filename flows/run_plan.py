@@ -39,7 +39,7 @@ def plan(stages: Sequence[str], smoke: bool) -> str:
     known = [timed[s] for s in stale if s in timed]
     untimed = [s for s in stale if s not in timed and s != "sources"]
     if not known:
-        how_long = "not timed here yet (README: the default run takes about 19 min on 2 CPUs, --smoke 3-8)"
+        how_long = "not timed here yet (README: the default run takes about 17 min on 2 CPUs, --smoke 3-8)"
     else:
         how_long = f"about {max(1, round(sum(known) / 60))} min by the last timings here"
         if untimed:
