@@ -95,7 +95,7 @@ def test_a_baseline_that_wins_on_validation_is_registered_and_says_so(pretrained
 
     paths.BEST_CONFIG.parent.mkdir(parents=True)
     paths.BEST_CONFIG.write_text(json.dumps(BEST))
-    ft = finetune_params(arms=["ssl_finetune", "ssl_distill", "supervised"])  # ssl_distill: a second round
+    ft = finetune_params(arms=["ssl_finetune", "supervised"])
     finetune(ft, progress=False, log_mlflow=False)
     # make the baseline the validation-best at the largest fraction, whatever the tiny run gave
     for arm, val in (("ssl_finetune", 0.1), ("supervised", 0.9)):
