@@ -50,7 +50,7 @@ def models(
     from tasks.tracking import setup_mlflow
 
     setup_mlflow()
-    name = name or load_params().register_.model_name
+    name = name or load_params(methods=False).register_.model_name
     versions, aliases = model_versions(MlflowClient(), name)
     if not versions:
         fail(f"no versions of {name!r} registered yet: run `sslpipe run --smoke` first")
@@ -76,7 +76,7 @@ def predict(
 
     try:
         files = image_files(images)  # before MLflow: a wrong path answers at once
-        uri = model_uri(model, name or load_params().register_.model_name)
+        uri = model_uri(model, name or load_params(methods=False).register_.model_name)
     except (FileNotFoundError, DataError, ParamsError) as e:
         fail(str(e))
     from tasks.tracking import setup_mlflow

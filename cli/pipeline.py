@@ -22,7 +22,7 @@ def stage(
     STAGE: sources, ingest, validate, pretrain, tune, finetune, evaluate or register.
     """
     enter_project()
-    from tasks.config import STAGES, load_params
+    from tasks.config import DATA_STAGES, STAGES, load_params
 
     if name not in STAGES:
         fail(f"unknown stage {name!r}; choose one of {', '.join(STAGES)}", 2)
@@ -32,7 +32,7 @@ def stage(
     from tasks.runner import run_stage
 
     try:
-        params = load_params(params_file)
+        params = load_params(params_file, methods=name not in DATA_STAGES)
         result = run_stage(name, params, progress=progress)
     except ParamsError as e:
         fail(str(e), 2)

@@ -390,6 +390,7 @@ class Params(Section):
 
 
 STAGES = ("sources", "ingest", "validate", "pretrain", "tune", "finetune", "evaluate", "register")
+DATA_STAGES = STAGES[:3]  # read no pretrain value: they load params without the methods (torch)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -479,8 +480,14 @@ def read_raw(path: str | Path) -> dict[str, Any]:
     return raw
 
 
-def load_params(path: str | Path = "params.yaml", overrides: Sequence[str] = ()) -> Params:
+def load_params(path: str | Path = "params.yaml", overrides: Sequence[str] = (), methods: bool = True) -> Params:
     """Read a params file, apply ``section.key=value`` overrides and validate.
+
+    Args:
+        methods: also check ``pretrain`` against the SSL methods' registry and fill in the chosen
+            method's optimizer defaults (imports torch, ~1.5 s). A caller that reads no
+            ``pretrain`` value and hashes no whole params (the data stages, a model's name) can
+            skip it: every key, type and range is validated either way.
 
     Raises:
         ParamsError: naming the file (or ``--set``) and each bad key.
@@ -489,7 +496,7 @@ def load_params(path: str | Path = "params.yaml", overrides: Sequence[str] = ())
     set_keys = [text.partition("=")[0].strip() for text in overrides]
     try:
         # keys, types and ranges first: their errors answer without importing the methods (torch)
-        Params.model_validate(raw, context={"methods": False})
-        return Params.model_validate(raw, context={"set": set_keys})
+        params = Params.model_validate(raw, context={"methods": False})
+        return Params.model_validate(raw, context={"set": set_keys}) if methods else params
     except ValidationError as e:
         raise ParamsError(_format_error(e, str(path), overrides)) from None

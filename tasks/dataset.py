@@ -12,14 +12,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-import torch
 
 from ssl_models.data.shards import ShardedImages, ShardReader
 from tasks import paths
 from tasks.io import read_json
+
+if TYPE_CHECKING:  # torch is imported where tensors are made: ingest and validate never need it
+    import torch
 
 SHARDS = paths.SHARDS.relative_to(paths.DATASET_DIR)  # the images' directory inside a dataset directory
 META_COLUMNS = ("index", "split", "label")  # what ``Dataset`` reads of the metadata table
@@ -58,6 +61,8 @@ class Dataset:
         mask = self.meta["split"] == name
         if labeled:
             mask &= self.meta["label"].notna()
+        import torch
+
         rows = self.meta[mask]
         labels = torch.from_numpy(rows["label"].fillna(-1).to_numpy(dtype=np.int64))
         index = rows["index"].to_numpy()
@@ -71,6 +76,8 @@ class Dataset:
 
     def take(self, index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """(images, labels) of the images at ``index``, in memory: for subsets known to be small."""
+        import torch
+
         labels = self.meta.set_index("index").loc[index, "label"].fillna(-1).to_numpy(dtype=np.int64)
         return self.images.subset(index).load(), torch.from_numpy(labels)
 

@@ -19,13 +19,15 @@ import math
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import Tensor
 
 from ssl_models.data.errors import DataError
+
+if TYPE_CHECKING:  # torch is imported where tensors are made: ingest and validate read arrays
+    import torch
+    from torch import Tensor
 
 SHARD_SUFFIX = ".npy"
 
@@ -201,8 +203,6 @@ class ShardedImages:
         rows: the reader's rows this pool holds, in order (default: all of them).
     """
 
-    dtype = torch.uint8
-
     def __init__(self, reader: ShardReader, rows: np.ndarray | None = None):
         if reader.dtype != np.uint8:
             raise DataError(f"{reader.files[0].parent}: shards of {reader.dtype}; the image pool reads uint8 shards")
@@ -210,7 +210,15 @@ class ShardedImages:
         self.rows = np.arange(len(reader), dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
 
     @property
+    def dtype(self) -> torch.dtype:
+        import torch
+
+        return torch.uint8
+
+    @property
     def shape(self) -> torch.Size:
+        import torch
+
         return torch.Size((len(self.rows), *self.reader.row_shape))
 
     @property
@@ -224,11 +232,13 @@ class ShardedImages:
         return f"ShardedImages({tuple(self.shape)}, {len(self.reader.files)} shards in {self.reader.files[0].parent})"
 
     def __getitem__(self, key: Any) -> Tensor:
+        import torch
+
         if isinstance(key, (int, np.integer)):
             return torch.from_numpy(self.reader.read(self.rows[[key]]))[0]
         if isinstance(key, slice):
             return torch.from_numpy(self.reader.read(self.rows[key]))
-        index = key.cpu().numpy() if isinstance(key, Tensor) else np.asarray(key)
+        index = key.cpu().numpy() if isinstance(key, torch.Tensor) else np.asarray(key)
         if index.dtype == bool:
             index = np.flatnonzero(index)
         return torch.from_numpy(self.reader.read(self.rows[index]))
@@ -249,4 +259,6 @@ class ShardedImages:
 
     def load(self) -> Tensor:
         """The whole pool in memory."""
+        import torch
+
         return torch.from_numpy(self.reader.read(self.rows))
