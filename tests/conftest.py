@@ -60,10 +60,11 @@ def stop_process(proc: subprocess.Popen, grace_s: float = 20) -> None:
 @pytest.hookimpl(tryfirst=True)  # before xdist's own, which turns the marker into the test's group
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Under pytest-xdist (`make test`: two workers, ``--dist loadgroup``) every test on the
-    session's smoke project (``ops_project``, ``served``) runs in one worker, which builds the project
-    and starts its servers once; the other worker takes the rest meanwhile."""
+    session's smoke project (``built_project``, and the copy ``ops_project`` with its servers,
+    ``served``) runs in one worker, which builds the project and starts the copy's servers once,
+    no other worker waiting for it; the other worker takes the rest meanwhile."""
     for item in items:
-        if {"ops_project", "served"} & set(getattr(item, "fixturenames", ())):
+        if {"built_project", "ops_project", "served"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.xdist_group("ops_project"))
 
 

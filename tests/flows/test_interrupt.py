@@ -12,7 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.flows.conftest import project_env, small_data_project
+from tests.flows.conftest import copy_built_project, project_env
 
 pytestmark = pytest.mark.e2e
 
@@ -24,14 +24,17 @@ def _descendants(pid: int) -> set[psutil.Process]:
         return set()
 
 
-def test_ctrl_c_mid_tune_leaves_no_process(tmp_path: Path) -> None:
-    project = small_data_project(tmp_path, n_train=600, n_test=300)  # what --smoke takes
+def test_ctrl_c_mid_tune_leaves_no_process(built_project, tmp_path: Path) -> None:
+    # the session's smoke project, no servers running (the run starts Prefect's temporary API):
+    # the stages before tune are cached
+    project = copy_built_project(built_project[0], tmp_path / "project")
+    tune_log = project / ".sslpipe" / "logs" / "tune.log"
+    tune_log.unlink(missing_ok=True)  # the built run's: the line awaited below must be this run's
     log = open(tmp_path / "run.log", "wb")
     # a long tune (Ray running) to interrupt; a session of its own, as a terminal's foreground group
     proc = subprocess.Popen(["sslpipe", "run", "--smoke", "--set", "tune.epochs=[400]"], cwd=project, env=project_env(),
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     seen: set[psutil.Process] = set()
-    tune_log = project / ".sslpipe" / "logs" / "tune.log"
     try:
         deadline = time.monotonic() + 600
         while not (tune_log.exists() and "tune ssl_finetune" in tune_log.read_text(errors="replace")):

@@ -3,7 +3,7 @@ commands the README's "Scaling out" section gives: ``prefect work-pool create``,
 --all --prefect-file infra/prefect.yaml``, ``prefect worker start --pool sslpipe-process --limit 1``.
 
 What the worker really executes: the flows of a copy of the session's smoke project
-(``ops_project``: already built), with a Prefect server and an MLflow server of the copy's own
+(``built_project``: built once per test run), with a Prefect server and an MLflow server of the copy's own
 (``sslpipe server start`` on free loopback ports; empty stores). The worker's environment names
 the servers (``PREFECT_API_URL``, ``MLFLOW_TRACKING_URI``) and the checkout (``SSLPIPE_ROOT``,
 which the deployment's pull step enters), as on a machine of its own.
@@ -35,27 +35,13 @@ import pytest
 import yaml
 
 from cli.servers import group_alive
-from tests.flows.conftest import prefect_client, project_env, server_state, sslpipe
+from tests.flows.conftest import copy_built_project, prefect_client, project_env, server_state, sslpipe
 
 pytestmark = pytest.mark.e2e
 
 POOL = "sslpipe-process"
 RUN_TIMEOUT_S = 900  # a deadline for a stuck run, not a speed check
 DEPLOYER_ROOT = "/elsewhere/on/the/deploying/machine"  # where the deployer's own checkout would be
-# state of the session's project that belongs to its own servers: the copy starts its own
-NOT_COPIED = {".prefect", "mlflow.db", "mlruns", ".sslpipe/servers", ".sslpipe/ray"}
-
-
-def copy_built_project(src: Path, dst: Path) -> Path:
-    """``src`` with its outputs, DVC cache and git history, without its servers' state."""
-    def ignore(directory: str, names: list[str]) -> set[str]:
-        rel = Path(directory).relative_to(src)
-        return {n for n in names if (rel / n).as_posix() in NOT_COPIED}
-
-    shutil.copytree(src, dst, ignore=ignore, symlinks=True)
-    return dst
-
-
 def child_groups(pid: int) -> set[int]:
     """The process groups of ``pid``'s children: the worker starts each flow run in a group of its own."""
     groups = set()
@@ -142,11 +128,11 @@ def stage_statuses(uri: str, run_id: str, dst: Path) -> dict[str, str]:
 
 
 @pytest.fixture
-def worker(ops_project, tmp_path):
+def worker(built_project, tmp_path):
     """A copy of the built project with its own servers, both deployments on the process pool, and
     a worker polling it; yields (project, Prefect API URL, MLflow URI, worker log). Stops the
     worker and the servers whatever happens."""
-    project = copy_built_project(ops_project[0], tmp_path / "project")
+    project = copy_built_project(built_project[0], tmp_path / "project")
     log_path = tmp_path / "worker.log"
     proc = None
     try:
