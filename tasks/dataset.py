@@ -58,11 +58,11 @@ class Dataset:
         them should iterate ``pool.split(n)`` instead, and callers that read a sample of the split
         pass ``stream`` to read only the sample.
         """
+        import torch
+
         mask = self.meta["split"] == name
         if labeled:
             mask &= self.meta["label"].notna()
-        import torch
-
         rows = self.meta[mask]
         labels = torch.from_numpy(rows["label"].fillna(-1).to_numpy(dtype=np.int64))
         index = rows["index"].to_numpy()

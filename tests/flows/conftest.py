@@ -153,7 +153,7 @@ def _relocate_sqlite(db: Path, old: str, new: str) -> None:
         tables = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
         for table in tables:
             for _, column, kind, *_ in con.execute(f'PRAGMA table_info("{table}")').fetchall():
-                if kind.upper() in ("TEXT", "VARCHAR") or kind.upper().startswith("VARCHAR"):
+                if kind.upper().startswith(("TEXT", "VARCHAR")):
                     con.execute(f'UPDATE "{table}" SET "{column}" = replace("{column}", ?, ?) '
                                 f'WHERE instr("{column}", ?) > 0', (old, new, old))
 
