@@ -14,15 +14,16 @@ Tune and finetune build and train every arm through ``new_classifier`` and ``tra
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, get_args
 
 import torch
 from torch import Tensor
 
-from ssl_models.classifier import Classifier, FinetuneConfig, train_classifier
+from ssl_models.classifier import Classifier, FinetuneConfig, classifier_schedule, train_classifier
 from ssl_models.distill import DistillConfig, train_distill
 from ssl_models.fixmatch import FixMatchConfig, train_fixmatch
 from tasks.config import ArmName, FinetuneParams
@@ -69,6 +70,27 @@ def arm_config(arm: str, tuned: Mapping[str, Any], cfg: FinetuneParams, *, batch
     if method == "distill":
         return DistillConfig(**common, **cfg.distill.model_dump())
     return FinetuneConfig(**common)
+
+
+def recipe(arm: str, train_cfg: FinetuneConfig, init: Classifier, x: Tensor, y: Tensor, data_version: str,
+           teacher: Classifier | None = None) -> str:
+    """A fingerprint of one training of ``arm``: what ``train_arm`` computes from ``init`` (its
+    initial weights) on labeled ``x``/``y`` and the pool of data version ``data_version``, with
+    ``train_cfg`` (``min_steps`` counted as the steps it makes) and ``teacher``. Two trainings with
+    the same recipe compute the same model, but for float rounding when they run on different
+    thread counts: a tuning trial's model serves finetune when their recipes match."""
+    cfg = asdict(train_cfg)
+    cfg["min_steps"] = classifier_schedule(x.shape[0], train_cfg).total_steps  # 0 and 200 may make the same steps
+    h = hashlib.sha1(repr((arm, sorted(cfg.items()), data_version)).encode())
+    for tensors in (init.state_dict().values(), (x, y), teacher.state_dict().values() if teacher else ()):
+        for t in tensors:
+            h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+            h.update(_bytes(t))
+    return h.hexdigest()
+
+
+def _bytes(t: Tensor) -> bytes:
+    return t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes()
 
 
 def relative_step_cost(arm: str, cfg: FinetuneParams) -> float:

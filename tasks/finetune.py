@@ -2,7 +2,10 @@
 the SSL encoder fine-tuned, with FixMatch, distilled; the supervised and FixMatch baselines from
 scratch) with its tuned config, on the same labels and with the same budget. A stratified
 ``finetune.val_fraction`` of each fraction's labels is held out: every arm is scored on it, and
-that score -- never the test split -- chooses the model that ships. Writes ``models/classifiers/``."""
+that score -- never the test split -- chooses the model that ships. Where tune's best trial of an
+arm trained exactly what finetune would (the same ``tasks.arms.recipe``: labels, config, steps,
+initial weights, teacher -- at ``tune.label_fraction`` with the same seeds), its model is taken
+instead of training it again. Writes ``models/classifiers/``."""
 
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ import torch
 from ssl_models import checkpoint
 from ssl_models.classifier import Classifier, accuracy
 from tasks import paths
-from tasks.arms import ARMS, TUNED_KEYS, arm_config, new_classifier, train_arm
+from tasks.arms import ARMS, TUNED_KEYS, arm_config, new_classifier, recipe, train_arm
 from tasks.config import FinetuneDistributedParams, FinetuneParams
 from tasks.dataset import load_dataset
 from tasks.io import write_json
@@ -34,6 +37,7 @@ def finetune(cfg: FinetuneParams, progress: bool = True, log_mlflow: bool = True
     if missing:
         raise FileNotFoundError(f"{paths.BEST_CONFIG}: no tuned config for {', '.join(missing)}; run `sslpipe stage tune`")
     blob = checkpoint.load(paths.ENCODER)
+    tuned = checkpoint.load(paths.TUNED_MODELS)["arms"] if paths.TUNED_MODELS.exists() else {}
     pool, _ = data.split("train")
     report: dict[str, dict[str, Any]] = {}
     if progress and cfg.distributed.workers > 1:
@@ -53,17 +57,25 @@ def finetune(cfg: FinetuneParams, progress: bool = True, log_mlflow: bool = True
             model = new_classifier(arm, blob, data.num_classes, cfg.seed)
             train_cfg = arm_config(arm, hp, cfg, batch_size=cfg.batch_size, min_steps=cfg.min_steps, seed=cfg.seed)
             workers = cfg.distributed.workers if on_workers(arm, cfg.distributed, len(train_idx)) else 1
-            history = _train(arm, model, x, y, pool, train_cfg, cfg, trained, f"{fraction:g}", workers)
+            teacher = trained.get(ARMS[arm].teacher or "")
+            kept = tuned.get(arm)
+            if kept and kept["recipe"] == recipe(arm, train_cfg, model, x, y, data.version, teacher):
+                model.load_state_dict(kept["state_dict"])  # tune trained this very recipe: no need to again
+                history = [{"epoch": i + 1, "train_loss": loss} for i, loss in enumerate(kept["train_loss"])]
+                workers, source = 0, f"tune trial #{kept['draw']}"
+            else:
+                history = _train(arm, model, x, y, pool, train_cfg, cfg, teacher, f"{fraction:g}", workers)
+                source = "trained here"
             val_top1 = accuracy(model, *val) if len(val_idx) else float("nan")
             trained[arm] = model.cpu().to(memory_format=torch.contiguous_format).eval()
             save_classifier(trained[arm], blob["spec"], data.num_classes, paths.classifier_path(arm, fraction),
                             {"arm": arm, "fraction": fraction, "config": hp, "val_top1": val_top1,
                              "num_val": len(val_idx), "data_version": data.version})
             entry["arms"][arm] = {"epochs": len(history), "final_train_loss": history[-1]["train_loss"],
-                                  "val_top1": val_top1, "workers": workers, **hp}
+                                  "val_top1": val_top1, "workers": workers, "model": source, **hp}
             if progress:
                 print(f"  {arm:<13} {fraction:>5g} ({len(train_idx)} labels, {len(val_idx)} for validation): "
-                      f"{len(history)} epochs, train loss {history[-1]['train_loss']:.3f}, val top-1 {val_top1:.4f}")
+                      f"{source}, {len(history)} epochs, train loss {history[-1]['train_loss']:.3f}, val top-1 {val_top1:.4f}")
             if log_mlflow:
                 import mlflow
 
@@ -88,11 +100,11 @@ def on_workers(arm: str, dist_cfg: FinetuneDistributedParams, num_train: int) ->
 
 
 def _train(arm: str, model: Classifier, x: torch.Tensor, y: torch.Tensor, pool: Any, train_cfg: Any,
-           cfg: FinetuneParams, trained: dict[str, Classifier], fraction: str, workers: int) -> list[dict[str, float]]:
+           cfg: FinetuneParams, teacher: Classifier | None, fraction: str, workers: int) -> list[dict[str, float]]:
     """Train one arm: on ``workers`` Ray Train workers (``tasks.distributed_finetune``) when more
     than one, else in this process."""
     if workers > 1:
         from tasks.distributed_finetune import train_classifier_on_workers
 
         return train_classifier_on_workers(model, x, y, train_cfg, cfg.distributed, name=f"finetune-{arm}-{fraction}")
-    return train_arm(arm, model, x, y, pool, train_cfg, teacher=trained.get(ARMS[arm].teacher or ""))
+    return train_arm(arm, model, x, y, pool, train_cfg, teacher=teacher)

@@ -24,6 +24,7 @@ PLOTS = REPORTS / "plots"
 MODELS = Path("models")
 ENCODER = MODELS / "encoder.pt"
 BEST_CONFIG = MODELS / "tune" / "best.json"
+TUNED_MODELS = MODELS / "tune" / "best_models.pt"  # each arm's best trial's model, with its training's recipe
 CLASSIFIERS = MODELS / "classifiers"
 
 STATE = Path(".sslpipe")  # scratch that survives runs but is no result: checkpoints, Ray results
@@ -34,5 +35,5 @@ STAGE_RESULTS = STATE / "stage_results"  # each stage's summary, for the run's t
 
 
 def classifier_path(arm: str, fraction: float) -> Path:
-    """``arm`` is ``finetune`` (from the SSL encoder) or ``supervised`` (from scratch)."""
+    """Where finetune writes ``arm``'s model at label ``fraction``."""
     return CLASSIFIERS / f"{arm}_{fraction:g}.pt"

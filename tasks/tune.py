@@ -1,7 +1,9 @@
 """Stage 4 -- tune: Ray Tune over each arm's fine-tuning hyperparameters (``tasks/arms.py``), every
 arm with the same number of trials and the same epoch choices. Trials train on a labeled fraction
 and are scored on a validation split carved from those labels -- never on the test split.
-Writes ``models/tune/best.json``.
+Writes ``models/tune/best.json``, and ``models/tune/best_models.pt``: each arm's best trial's model
+with the recipe of its training (``tasks.arms.recipe``), which finetune uses where it would train
+exactly that recipe again (at ``tune.label_fraction``, same seeds and steps) instead of repeating it.
 
 Reproducible: the search is seeded (``tune.seed``: every arm's configurations come from a stream of
 its own), every trial trains with that seed on one thread, and no decision depends on timing -- each
@@ -16,6 +18,7 @@ last trial finishes before the next arm starts (an arm that distils runs after i
 from __future__ import annotations
 
 import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,11 +28,13 @@ import torch
 
 from ssl_models import checkpoint
 from tasks import paths
+from ssl_models.classifier import Classifier
 from tasks.arms import (
     ARMS,
     TUNED_KEYS,
     arm_config,
     new_classifier,
+    recipe,
     relative_step_cost,
     train_arm,
 )
@@ -39,6 +44,7 @@ from tasks.io import read_json, write_json
 from tasks.ray_runtime import init_ray, on_cluster
 
 METRIC = "val_top1"
+MODEL_FILE = "model.pt"  # in a trial's Tune checkpoint
 
 
 @dataclass
@@ -47,11 +53,9 @@ class TuneResult:
     trials: int
 
 
-def train_trial(config: dict[str, Any], data: dict[str, Any],
-                on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> list[dict[str, float]]:
-    """Train ``config["arm"]`` with ``config`` on ``data`` (``trial_data``), scored on its
-    validation split every epoch: what one trial runs, with or without Ray. Returns the per-epoch
-    history."""
+def trial_setup(config: dict[str, Any], data: dict[str, Any]) -> tuple[Classifier, Any, Classifier | None]:
+    """What a trial of ``config`` on ``data`` (``trial_data``) starts from: its classifier (the
+    initial weights), its training config and the trained teacher of an arm that distils."""
     arm = config["arm"]
     finetune_cfg = FinetuneParams.model_validate(data["finetune"])
     model = new_classifier(arm, data["encoder"], data["num_classes"], data["seed"])
@@ -60,21 +64,51 @@ def train_trial(config: dict[str, Any], data: dict[str, Any],
     if ARMS[arm].teacher:
         teacher = new_classifier(ARMS[arm].teacher, data["encoder"], data["num_classes"], data["seed"])
         teacher.load_state_dict(data["teachers"][ARMS[arm].teacher])
-    return train_arm(arm, model, data["x_train"], data["y_train"], data["pool"], train_cfg, teacher=teacher,
-                     val=(data["x_val"], data["y_val"]), on_epoch=on_epoch)
+    return model, train_cfg, teacher
+
+
+def train_trial(config: dict[str, Any], data: dict[str, Any],
+                on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> tuple[list[dict[str, float]], Classifier]:
+    """Train ``config["arm"]`` with ``config`` on ``data`` (``trial_data``), scored on its
+    validation split every epoch: what one trial runs, with or without Ray. Returns the per-epoch
+    history and the trained model."""
+    model, train_cfg, teacher = trial_setup(config, data)
+    history = train_arm(config["arm"], model, data["x_train"], data["y_train"], data["pool"], train_cfg,
+                        teacher=teacher, val=(data["x_val"], data["y_val"]), on_epoch=on_epoch)
+    return history, model
+
+
+def trial_recipe(config: dict[str, Any], data: dict[str, Any]) -> str:
+    """``tasks.arms.recipe`` of the training a trial of ``config`` runs."""
+    model, train_cfg, teacher = trial_setup(config, data)
+    return recipe(config["arm"], train_cfg, model, data["x_train"], data["y_train"], data["data_version"], teacher)
 
 
 def _trial(config: dict[str, Any], data: dict[str, Any]) -> None:
     """One Ray Tune trial: ``train_trial`` on one thread per CPU, reporting val top-1 each epoch and
-    the id of the Ray node it ran on. ``data`` came through Ray's object store: a trial may run on
-    another machine of the cluster."""
+    the id of the Ray node it ran on; the last report carries the trained model as a Tune
+    checkpoint (with ``data["keep_models"]``), for finetune to use instead of training it again.
+    ``data`` came through Ray's object store: a trial may run on another machine of the cluster."""
     import ray
     from ray import tune
 
     node_id = ray.get_runtime_context().get_node_id()
     torch.set_num_threads(max(1, int(data["threads"])))
-    train_trial(config, data, on_epoch=lambda epoch, m: tune.report(
-        {METRIC: m[METRIC], "train_loss": m["train_loss"], "epoch": epoch, "node_id": node_id}))
+    held: list[dict[str, Any]] = []  # each epoch's report goes out when the next comes: the last one with the model
+
+    def report(epoch: int, m: dict[str, float]) -> None:
+        if held:
+            tune.report(held.pop())
+        held.append({METRIC: m[METRIC], "train_loss": m["train_loss"], "epoch": epoch, "node_id": node_id})
+
+    _, model = train_trial(config, data, on_epoch=report)
+    if not data["keep_models"]:
+        tune.report(held.pop())
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint.save_atomic({"state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}},
+                               Path(tmp) / MODEL_FILE)
+        tune.report(held.pop(), checkpoint=tune.Checkpoint.from_directory(tmp))
 
 
 def search_space(cfg: TuneParams, arm: str) -> dict[str, Any]:
@@ -237,15 +271,39 @@ def best_of(results: Any, arms: list[str]) -> tuple[dict[str, dict[str, Any]], l
             error = next((r.error for r in results if r.error and r.config.get("arm") == arm), None)
             raise RuntimeError(f"every {arm} trial failed; first error: {error}")
         top = max(mine, key=lambda row: (row[METRIC], -row["draw"]))
-        best[arm] = {**{k: top[k] for k in TUNED_KEYS}, METRIC: top[METRIC]}
+        best[arm] = {**{k: top[k] for k in TUNED_KEYS}, METRIC: top[METRIC], "draw": top["draw"]}
     return best, rows
 
 
-def _teacher_state(arm: str, best: dict[str, Any], data: dict[str, Any], finetune_cfg: FinetuneParams) -> dict:
-    """Train ``arm`` with its best configuration on the tuning labels: the teacher its students'
-    trials distil from (the same model finetune would train on these labels)."""
-    model = new_classifier(arm, data["encoder"], data["num_classes"], data["seed"])
-    train_cfg = arm_config(arm, best, finetune_cfg, batch_size=data["batch_size"], min_steps=0, seed=data["seed"])
+def best_models(results: Any, best: dict[str, dict[str, Any]], data: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each arm's best trial's model (its Tune checkpoint), with the recipe of its training
+    (``trial_recipe``) and its per-epoch history: what finetune uses instead of training the
+    same recipe again. An arm whose checkpoint is not here (none kept, or on another node's
+    disk) is left out, and finetune trains it."""
+    models = {}
+    for arm, config in best.items():
+        r = next(r for r in results if r.config["arm"] == arm and r.config["draw"] == config["draw"])
+        if r.checkpoint is None:
+            continue
+        try:
+            with r.checkpoint.as_directory() as directory:
+                state = checkpoint.load(Path(directory) / MODEL_FILE)["state_dict"]
+        except (OSError, KeyError) as err:
+            print(f"  {arm}: the best trial's model cannot be read here ({err}); finetune trains it again", flush=True)
+            continue
+        history = r.metrics_dataframe.sort_values("epoch")
+        models[arm] = {"recipe": trial_recipe({"arm": arm, **config}, data), "draw": config["draw"],
+                       "state_dict": state, "train_loss": [float(v) for v in history["train_loss"]]}
+    return models
+
+
+def _teacher_state(arm: str, best: dict[str, Any], data: dict[str, Any], models: dict[str, dict[str, Any]]) -> dict:
+    """The teacher the trials of ``arm``'s students distil from: ``arm`` trained with its best
+    configuration on the tuning labels -- the best trial's model, or that training again when its
+    model is not at hand (the same model finetune would train on these labels)."""
+    if arm in models:
+        return models[arm]["state_dict"]
+    model, train_cfg, _ = trial_setup({"arm": arm, **best}, data)
     train_arm(arm, model, data["x_train"], data["y_train"], data["pool"], train_cfg)
     return {k: v.detach().cpu() for k, v in model.state_dict().items()}
 
@@ -264,8 +322,10 @@ def trial_data(cfg: TuneParams, finetune_cfg: FinetuneParams) -> dict[str, Any]:
     return {
         "x_train": x_train, "y_train": y_train, "x_val": x_val, "y_val": y_val, "pool": _pool(data_set),
         "num_classes": data_set.num_classes, "encoder": checkpoint.load(paths.ENCODER),
-        "finetune": finetune_cfg.model_dump(), "teachers": {},
+        "finetune": finetune_cfg.model_dump(), "teachers": {}, "data_version": data_set.version,
         "batch_size": cfg.batch_size, "seed": cfg.seed, "threads": cfg.cpus_per_trial,
+        # a trial's model goes to storage the driver reads: a URI, or this machine's disk with a local Ray
+        "keep_models": "://" in storage_path(cfg) or not on_cluster(),
     }
 
 
@@ -294,6 +354,7 @@ def tune_stage(cfg: TuneParams, finetune_cfg: FinetuneParams, progress: bool = T
         parent = mlflow.active_run().info.run_id
     started = init_ray(cfg.cpus_per_trial * cfg.max_concurrent_trials, int(torch.cuda.is_available()))
     best: dict[str, dict[str, Any]] = {}
+    models: dict[str, dict[str, Any]] = {}
     table: list[dict[str, Any]] = []
     try:
         _check_placement(cfg, local=started and not on_cluster())
@@ -301,17 +362,19 @@ def tune_stage(cfg: TuneParams, finetune_cfg: FinetuneParams, progress: bool = T
             if progress:
                 print(f"tune {', '.join(arms)}: {cfg.num_samples} trials each, at most {cfg.max_concurrent_trials} "
                       "at once", flush=True)
-            found, rows = best_of(tune_arms(cfg, arms, finetune_cfg, data, "tune" if i == 0 else f"tune-{i + 1}",
-                                            parent, progress), arms)
+            results = tune_arms(cfg, arms, finetune_cfg, data, "tune" if i == 0 else f"tune-{i + 1}", parent, progress)
+            found, rows = best_of(results, arms)
             best.update(found)
+            models.update(best_models(results, found, data))
             table += rows
             for arm in arms:
                 if any(ARMS[a].teacher == arm for a in finetune_cfg.arms):
-                    data["teachers"][arm] = _teacher_state(arm, best[arm], data, finetune_cfg)
+                    data["teachers"][arm] = _teacher_state(arm, best[arm], data, models)
     finally:
         if started:  # a local Ray stops; on a cluster this driver only disconnects, the cluster runs on
             ray.shutdown()
     table.sort(key=lambda row: (finetune_cfg.arms.index(row["arm"]), row["draw"]))
+    checkpoint.save_atomic({"arms": models}, paths.TUNED_MODELS)
     write_json(paths.BEST_CONFIG, {**best, "label_fraction": cfg.label_fraction,
                                    "num_train": len(data["y_train"]), "num_val": len(data["y_val"])})
     write_json(paths.TUNE_REPORT, {"best": best, "trials": table})

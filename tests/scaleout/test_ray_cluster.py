@@ -122,7 +122,7 @@ def test_trials_run_on_the_node_their_resources_name(ray_cluster, pretrained_tem
     params = load_params(project / "params.yaml")
     data = trial_data(params.tune, params.finetune)
     for t in trials:
-        history = train_trial({"arm": t["arm"], **{k: t[k] for k in TUNED_KEYS}}, data)
+        history, _ = train_trial({"arm": t["arm"], **{k: t[k] for k in TUNED_KEYS}}, data)
         assert history[-1]["val_top1"] == t["val_top1"]
 
 

@@ -82,6 +82,49 @@ def test_tune_twice_gives_the_same_configs(pretrained: Path) -> None:
     assert sorted(p.name for p in paths.RAY_RESULTS.iterdir() if p.is_dir()) == ["tune", "tune-2"]  # the student's round after
 
 
+def test_finetune_takes_the_tuned_trials_model_where_it_would_train_the_same(pretrained: Path) -> None:
+    """At ``tune.label_fraction`` (same seeds, validation share, batch and steps) finetune trains
+    exactly what each arm's best trial trained: it takes that trial's model (Tune's checkpoint)
+    instead, bit for bit what the trial's training computes; at another fraction, or with a
+    recipe that differs (here more steps), it trains. The distilling arm's teacher is the same
+    model in both stages."""
+    import torch
+
+    from ssl_models import checkpoint
+    from tasks.finetune import finetune
+    from tasks.models import load_classifier
+    from tasks.tune import train_trial, trial_data, tune_stage
+
+    arms = ["ssl_finetune", "ssl_distill", "supervised"]
+    cfg = TuneParams(label_fraction=0.5, num_samples=2, epochs=[2, 3], batch_size=16, max_concurrent_trials=2)
+    ft = finetune_params(arms=arms)  # at 0.5: 80 train labels, 5 steps an epoch, min_steps 8 below every choice
+    best = tune_stage(cfg, ft, progress=False, log_mlflow=False).best
+    kept = checkpoint.load(paths.TUNED_MODELS)["arms"]
+    assert set(kept) == set(arms) and all(kept[arm]["draw"] == best[arm]["draw"] for arm in arms)
+
+    report = finetune(ft, progress=False, log_mlflow=False).fractions
+    for arm in arms:
+        assert report["0.5"]["arms"][arm]["model"] == f"tune trial #{best[arm]['draw']}"
+        assert report["0.1"]["arms"][arm]["model"] == "trained here"
+        model, blob = load_classifier(paths.classifier_path(arm, 0.5))
+        assert all(torch.equal(v, kept[arm]["state_dict"][k]) for k, v in model.state_dict().items())
+        assert report["0.5"]["arms"][arm]["epochs"] == best[arm]["epochs"]
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as a trial runs
+    try:
+        data = trial_data(cfg, ft)
+        data["teachers"]["ssl_finetune"] = kept["ssl_finetune"]["state_dict"]
+        for arm in ("ssl_finetune", "ssl_distill"):
+            _, model = train_trial({"arm": arm, **best[arm]}, data)
+            assert all(torch.equal(v, kept[arm]["state_dict"][k]) for k, v in model.state_dict().items()), arm
+    finally:
+        torch.set_num_threads(threads)
+
+    longer = finetune(finetune_params(arms=["supervised"], min_steps=20), progress=False, log_mlflow=False).fractions
+    assert longer["0.5"]["arms"]["supervised"]["model"] == "trained here"  # 20 steps, not the trial's 10 or 15
+
+
 def test_a_baseline_that_wins_on_validation_is_registered_and_says_so(pretrained: Path, monkeypatch) -> None:
     import mlflow
     from mlflow import MlflowClient
