@@ -23,7 +23,12 @@ from typing import Any, get_args
 import torch
 from torch import Tensor
 
-from ssl_models.classifier import Classifier, FinetuneConfig, classifier_schedule, train_classifier
+from ssl_models.classifier import (
+    Classifier,
+    FinetuneConfig,
+    classifier_schedule,
+    train_classifier,
+)
 from ssl_models.distill import DistillConfig, train_distill
 from ssl_models.fixmatch import FixMatchConfig, train_fixmatch
 from tasks.config import ArmName, FinetuneParams

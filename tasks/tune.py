@@ -27,8 +27,8 @@ from typing import Any
 import torch
 
 from ssl_models import checkpoint
-from tasks import paths
 from ssl_models.classifier import Classifier
+from tasks import paths
 from tasks.arms import (
     ARMS,
     TUNED_KEYS,

@@ -106,7 +106,7 @@ def test_finetune_takes_the_tuned_trials_model_where_it_would_train_the_same(pre
     for arm in arms:
         assert report["0.5"]["arms"][arm]["model"] == f"tune trial #{best[arm]['draw']}"
         assert report["0.1"]["arms"][arm]["model"] == "trained here"
-        model, blob = load_classifier(paths.classifier_path(arm, 0.5))
+        model, _ = load_classifier(paths.classifier_path(arm, 0.5))
         assert all(torch.equal(v, kept[arm]["state_dict"][k]) for k, v in model.state_dict().items())
         assert report["0.5"]["arms"][arm]["epochs"] == best[arm]["epochs"]
 
