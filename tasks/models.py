@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ssl_models import checkpoint
 from ssl_models.backbones import Encoder, build_backbone
 from ssl_models.classifier import Classifier
@@ -37,9 +39,13 @@ def load_encoder(path: Path) -> tuple[Encoder, dict[str, Any]]:
     return encoder, blob
 
 
+def cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """``model``'s state dict as contiguous CPU tensors, detached: what a file or another process gets."""
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+
+
 def save_classifier(model: Classifier, spec: dict[str, Any], num_classes: int, path: Path, extra: dict[str, Any] | None = None) -> None:
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    checkpoint.save_atomic({"spec": spec, "num_classes": num_classes, "state_dict": state, **(extra or {})}, path)
+    checkpoint.save_atomic({"spec": spec, "num_classes": num_classes, "state_dict": cpu_state(model), **(extra or {})}, path)
 
 
 def load_classifier(path: Path) -> tuple[Classifier, dict[str, Any]]:

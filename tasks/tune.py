@@ -41,6 +41,7 @@ from tasks.arms import (
 from tasks.config import FinetuneParams, TuneParams
 from tasks.dataset import load_dataset
 from tasks.io import read_json, write_json
+from tasks.models import cpu_state
 from tasks.ray_runtime import init_ray, on_cluster
 
 METRIC = "val_top1"
@@ -106,8 +107,7 @@ def _trial(config: dict[str, Any], data: dict[str, Any]) -> None:
         tune.report(held.pop())
         return
     with tempfile.TemporaryDirectory() as tmp:
-        checkpoint.save_atomic({"state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}},
-                               Path(tmp) / MODEL_FILE)
+        checkpoint.save_atomic({"state_dict": cpu_state(model)}, Path(tmp) / MODEL_FILE)
         tune.report(held.pop(), checkpoint=tune.Checkpoint.from_directory(tmp))
 
 
@@ -305,7 +305,7 @@ def _teacher_state(arm: str, best: dict[str, Any], data: dict[str, Any], models:
         return models[arm]["state_dict"]
     model, train_cfg, _ = trial_setup({"arm": arm, **best}, data)
     train_arm(arm, model, data["x_train"], data["y_train"], data["pool"], train_cfg)
-    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    return cpu_state(model)
 
 
 def trial_data(cfg: TuneParams, finetune_cfg: FinetuneParams) -> dict[str, Any]:
