@@ -5,7 +5,9 @@ files under ``.sslpipe/servers/`` (``<name>.pid`` and ``<name>.json``).
   Postgres database in ``PREFECT_API_DATABASE_CONNECTION_URL`` when that is set.
 - MLflow: ``mlflow server`` on the project's store (``sqlite:///<root>/mlflow.db``, or
   ``MLFLOW_BACKEND_STORE_URI``) with artifacts under ``<root>/mlruns`` (or
-  ``MLFLOW_DEFAULT_ARTIFACT_ROOT``).
+  ``MLFLOW_DEFAULT_ARTIFACT_ROOT``), one process: without MLflow 3's job runner (GenAI jobs sslpipe
+  has none of), which starts eight more Python processes (~2 GB, ~25 CPU-seconds to start);
+  ``MLFLOW_SERVER_ENABLE_JOB_EXECUTION=true`` in the environment brings it back.
 
 Each server runs in a session of its own, so it outlives the CLI that started it, and ``stop``
 signals exactly its process group. Importing this module is cheap (no prefect, no mlflow).
@@ -113,6 +115,7 @@ def _mlflow_spec(root: Path, host: str, port: int) -> tuple[list[str], dict[str,
     base = f"http://{_url_host(host)}:{port}"
     env = dict(os.environ)
     env.pop("MLFLOW_TRACKING_URI", None)
+    env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")  # the job runner: module docstring
     store = env.get("MLFLOW_BACKEND_STORE_URI") or f"sqlite:///{root / 'mlflow.db'}"
     artifacts = env.get("MLFLOW_DEFAULT_ARTIFACT_ROOT") or str(root / "mlruns")
     cmd = [_bin("mlflow"), "server", "--backend-store-uri", store, "--default-artifact-root", artifacts,

@@ -7,6 +7,7 @@ import json
 import os
 import urllib.request
 
+import psutil
 import pytest
 
 from cli.servers import group_alive, pid_alive, status
@@ -21,6 +22,11 @@ def _get(url: str) -> str:
         return r.read().decode()
 
 
+def _tree(pid: int) -> list[psutil.Process]:
+    root = psutil.Process(pid)
+    return [root, *root.children(recursive=True)]
+
+
 def test_start_status_stop(ops_project):
     project, timings = ops_project
     print(f"server start: {timings['server_start_s']:.1f} s (both healthy)")
@@ -33,6 +39,9 @@ def test_start_status_stop(ops_project):
     assert _get(states["mlflow"]["health_url"]).strip() == "OK"
     assert str(project / ".prefect") in states["prefect"]["database"]  # project-local SQLite
     assert states["prefect"]["env"]["PREFECT_API_URL"] == states["prefect"]["url"] + "/api"
+    # MLflow without its GenAI job runner (cli/servers.py): the server and its uvicorn, no huey consumers
+    mlflow_tree = [" ".join(p.cmdline()) for p in _tree(states["mlflow"]["pid"])]
+    assert len(mlflow_tree) <= 3 and not any("huey" in c or "_job_runner" in c for c in mlflow_tree), mlflow_tree
 
     out = sslpipe(project, "server", "status").stdout
     assert out.count("running") == 2, out

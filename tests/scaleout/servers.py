@@ -230,7 +230,7 @@ def mlflow_server(db: Postgres, store: ObjectStore) -> Iterator[str]:
     cmd = [str(VENV_BIN / "mlflow"), "server", "--backend-store-uri", db.url("mlflow"),
            "--artifacts-destination", "s3://mlflow", "--serve-artifacts", "--allowed-hosts", ALLOWED_HOSTS,
            "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    env = subprocess_env(**store.env, MLFLOW_DISABLE_TELEMETRY="true")
+    env = subprocess_env(**store.env, MLFLOW_DISABLE_TELEMETRY="true", MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
     env.pop("MLFLOW_TRACKING_URI", None)
     log = root / "mlflow.log"
     with open(log, "w") as out:
