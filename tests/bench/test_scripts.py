@@ -144,3 +144,14 @@ def test_distributed_compares_workers_with_one_process(fashion_dir: Path) -> Non
     single, one_worker, two = (number(r[2]) for r in rows)
     assert rows[0][3] == "1.00x" and number(rows[1][3]) == pytest.approx(one_worker / single, abs=0.015)
     assert rows[1][4] == "" and number(rows[2][4]) == pytest.approx(100 * two / (2 * one_worker), abs=1.5)
+
+
+def test_cpu_by_process_counts_a_busy_child_and_returns_its_exit_code() -> None:
+    busy = "import time\nt = time.process_time()\nwhile time.process_time() - t < 1.5:\n    pass\nraise SystemExit(3)"
+    out = run_script("cpu_by_process.py", "--interval", "0.2", "--", sys.executable, "-c", busy)
+    assert out.returncode == 3, out.stderr  # the command's own
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in out.stdout.splitlines() if line.startswith("| ")]
+    kinds = {cells[0]: number(cells[1]) for cells in rows if len(cells) == 3 and cells[0] != "kind of process"}
+    assert 1.0 <= kinds["other"] <= 3.0, out.stdout  # the child's 1.5 CPU-seconds, less its last sample
+    assert "exit code 3" in out.stdout and "busy over the run" in out.stdout
+    assert run_script("cpu_by_process.py").returncode == 2  # no command: a usage error
