@@ -5,8 +5,8 @@ files under ``.sslpipe/servers/`` (``<name>.pid`` and ``<name>.json``).
   Postgres database in ``PREFECT_API_DATABASE_CONNECTION_URL`` when that is set.
 - MLflow: ``mlflow server`` on the project's store (``sqlite:///<root>/mlflow.db``, or
   ``MLFLOW_BACKEND_STORE_URI``) with artifacts under ``<root>/mlruns`` (or
-  ``MLFLOW_DEFAULT_ARTIFACT_ROOT``), one process: without MLflow 3's job runner (GenAI jobs sslpipe
-  has none of), which starts eight more Python processes (~2 GB, ~25 CPU-seconds to start);
+  ``MLFLOW_DEFAULT_ARTIFACT_ROOT``), two processes (the CLI and its uvicorn): without MLflow 3's job
+  runner (GenAI jobs, sslpipe has none), which starts eight more (~2 GB, ~25 CPU-seconds to start);
   ``MLFLOW_SERVER_ENABLE_JOB_EXECUTION=true`` in the environment brings it back.
 
 Each server runs in a session of its own, so it outlives the CLI that started it, and ``stop``
