@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from typing import Any
 
 import psutil
 from _common import cpu_model, load_average
@@ -46,21 +47,25 @@ def kind(cmdline: str) -> str:
     return next((name for name, pattern in KINDS if re.search(pattern, cmdline)), "other")
 
 
-def sample(seen: dict[tuple[int, float], list], base: dict[tuple[int, float], float], me: set[int]) -> None:
+def cpu_seconds(times: Any) -> float:
+    return times.user + times.system
+
+
+def sample(seen: dict[tuple[int, float], list], base: dict[tuple[int, float], float], me: int) -> None:
     """Record every process's command line and CPU seconds so far (the largest seen)."""
     for p in psutil.process_iter(["pid", "create_time", "cmdline", "name", "cpu_times"]):
         info = p.info
-        if info["pid"] in me or info["cpu_times"] is None:
+        if info["pid"] == me or info["cpu_times"] is None:
             continue
         key = (info["pid"], info["create_time"])
-        cpu = info["cpu_times"].user + info["cpu_times"].system - base.get(key, 0.0)
+        cpu = cpu_seconds(info["cpu_times"]) - base.get(key, 0.0)
         cmd = " ".join(" ".join(info["cmdline"] or []).split()) or f"[{info['name']}]"  # one line
         entry = seen.setdefault(key, [cmd, 0.0])
         entry[0] = cmd if len(cmd) > len(entry[0]) else entry[0]  # a process's args can appear after its start
         entry[1] = max(entry[1], cpu)
 
 
-def busy(before: psutil._common.scputimes, after: psutil._common.scputimes) -> float:
+def busy(before: Any, after: Any) -> float:
     """The share of all cores' time that was not idle between the two readings."""
     total = sum(after) - sum(before)
     idle = (after.idle + getattr(after, "iowait", 0)) - (before.idle + getattr(before, "iowait", 0))
@@ -79,11 +84,9 @@ def main() -> int:
 
     print(f"cpu:         {cpu_model()}, {psutil.cpu_count()} logical cores; load average before: {load_average()}")
     print(f"command:     {' '.join(command)}")
-    base = {}
-    for p in psutil.process_iter(["pid", "create_time", "cpu_times"]):
-        if p.info["cpu_times"] is not None:
-            base[(p.info["pid"], p.info["create_time"])] = p.info["cpu_times"].user + p.info["cpu_times"].system
-    me = {psutil.Process().pid}
+    base = {(p.info["pid"], p.info["create_time"]): cpu_seconds(p.info["cpu_times"])
+            for p in psutil.process_iter(["pid", "create_time", "cpu_times"]) if p.info["cpu_times"] is not None}
+    me = psutil.Process().pid
     seen: dict[tuple[int, float], list] = {}
     cores_before, start = psutil.cpu_times(), time.perf_counter()
     proc = subprocess.Popen(command)
