@@ -41,11 +41,6 @@ def dvc_status(*stages: str) -> dict:
     return json.loads(proc.stdout or "{}")
 
 
-def stage_is_stale(stage: str) -> bool:
-    """Whether DVC would run ``stage`` (changed code, data, params or outputs, or never run)."""
-    return bool(dvc_status(stage))
-
-
 def is_hint(line: str) -> bool:
     text = line.strip()
     return not text or text in DVC_HINTS or text.startswith("git add ")
@@ -56,6 +51,13 @@ class ReproResult:
     code: int
     error: str  # the stage's last error line (``error: ...``, else DVC's ``ERROR: ...``), or ""
     log: Path
+    skipped: bool = False  # DVC found the stage's inputs unchanged and ran nothing
+
+
+def skipped_line(stage: str) -> str:
+    """What ``dvc repro`` logs for a stage whose deps, params and outs are as ``dvc.lock`` says
+    (``dvc/stage/__init__.py: Stage.reproduce``)."""
+    return f"Stage '{stage}' didn't change, skipping"
 
 
 class _Echo:
@@ -91,14 +93,19 @@ class _Echo:
 
 
 def repro(stage: str, env: dict[str, str], on_line: Callable[[str], None], force: bool = False) -> ReproResult:
-    """Run ``dvc repro --single-item [--force] STAGE``; ``on_line`` gets each line shown."""
+    """Run ``dvc repro --single-item [--force] STAGE``; ``on_line`` gets each line shown. DVC
+    decides whether the stage is stale (one DVC process, no ``dvc status`` before it): the result
+    says when it ran nothing."""
     log = LOGS / f"{stage}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     errors: list[str] = []
+    skipped = False
 
     def line(text: str) -> None:
+        nonlocal skipped
         if text.startswith(ERROR_PREFIXES):
             errors.append(text)
+        skipped = skipped or text == skipped_line(stage)
         on_line(text)
 
     echo = _Echo(sys.stdout.buffer, line)
@@ -120,7 +127,7 @@ def repro(stage: str, env: dict[str, str], on_line: Callable[[str], None], force
         finally:
             proc.stdout.close()
     own = [e for e in errors if e.startswith("error: ")]
-    return ReproResult(code, (own or errors or [""])[-1], log)
+    return ReproResult(code, (own or errors or [""])[-1], log, skipped=code == 0 and skipped)
 
 
 @contextmanager

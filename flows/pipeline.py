@@ -13,7 +13,7 @@ from prefect.logging.loggers import PrefectLogAdapter
 from prefect.runtime import flow_run
 from prefect.states import Failed, State
 
-from flows.dvc_runner import repro, stage_is_stale
+from flows.dvc_runner import repro
 from flows.run_plan import plan, record_timings
 from tasks import paths
 from tasks.config import STAGES, MethodName
@@ -71,19 +71,15 @@ def run_stage(stage: str, env: dict[str, str]) -> dict[str, Any] | State:
     good run left them (DVC deletes them before running the stage)."""
     logger = get_run_logger()
     forced = stage == "sources"
-    try:
-        stale = forced or stage_is_stale(stage)
-    except RuntimeError as e:
-        return failed_state(StageFailed(stage, str(e)))
-    if not stale:
-        logger.info("%s: inputs unchanged, nothing to do (dvc.lock is up to date)", stage)
-        return {"stage": stage, "status": "cached"}
     start = time.perf_counter()
     to_api = PrefectLogAdapter(logging.getLogger("prefect.extra"), logger.extra)  # the terminal has the lines
     with KeptOutputs(stage) as kept:
         result = repro(stage, env, to_api.info, force=forced)
         if result.code == 0:
             kept.succeeded()
+    if result.skipped:
+        logger.info("%s: inputs unchanged, nothing to do (dvc.lock is up to date)", stage)
+        return {"stage": stage, "status": "cached"}
     if result.code != 0:
         error = result.error.removeprefix("error: ").removeprefix("ERROR: ") or f"dvc repro exited with {result.code}"
         return failed_state(StageFailed(stage, error, str(result.log), tuple(str(p) for p in kept.restored)))
