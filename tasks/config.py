@@ -163,7 +163,7 @@ class PretrainParams(Section):
     images_per_epoch: int | None = Field(None, ge=2)
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     channels_last: bool | None = None
-    compile: bool = True  # ~40 s to compile on a first run (cached after); steps ~1.45x faster in fp32, ~1.03x in bf16
+    compile: bool = False  # ~40 s to compile on a machine's first run; steps ~1.45x faster in fp32, a tie in bf16
     device: str = "auto"
     checkpoint_every: int = Field(100, ge=1)
     knn_monitor_images: int = Field(5000, ge=0)  # per-epoch online kNN on this many train/test images (0: off)
