@@ -111,25 +111,42 @@ def test_vs_lightly_compares_per_seed_or_says_it_skipped(fashion_dir: Path) -> N
     assert rows["sslpipe:simclr"][7].startswith(("+", "-")) and "±" in rows["sslpipe:simclr"][7]
 
 
-def test_label_efficiency_reports_mean_std_and_ties(monkeypatch) -> None:
-    """The per-arm table over seeds: mean +- std, the SSL-vs-baseline difference per seed, and a
-    tie when it is under two standard deviations. (The stage functions it runs are tested in
-    tests/tasks; here its arithmetic, on made-up metrics.)"""
+@pytest.fixture
+def label_efficiency(monkeypatch: pytest.MonkeyPatch):
+    """bench/label_efficiency.py as a module (its ``_common`` import found in bench/)."""
     monkeypatch.syspath_prepend(str(BENCH))
     spec = importlib.util.spec_from_file_location("label_efficiency", BENCH / "label_efficiency.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
 
-    def run(ssl: float, base: float) -> dict:
+
+def test_label_efficiency_reports_mean_std_and_ties(label_efficiency) -> None:
+    """The per-arm table over seeds: mean +- std, the SSL-vs-baseline difference per seed, and a
+    tie when it is under two standard deviations. (The stage functions it runs are tested in
+    tests/tasks; here its arithmetic, on made-up metrics.)"""
+
+    def run(ssl: float, base: float, knn: float = 0.85) -> dict:
         arms = {"ssl_finetune": {"val_top1": ssl, "test_top1": ssl}, "supervised": {"val_top1": base, "test_top1": base}}
-        return {"fractions": {"0.1": {"num_labels": 100, "num_val": 20, "arms": arms,
+        return {"knn_top1": knn, "linear_top1": knn + 0.01,
+                "fractions": {"0.1": {"num_labels": 100, "num_val": 20, "arms": arms,
                                       "selected": "ssl_finetune" if ssl >= base else "supervised"}}}
 
-    ahead = "\n".join(module.report({0: run(0.80, 0.70), 1: run(0.82, 0.71), 2: run(0.81, 0.70)}))
+    ahead = "\n".join(label_efficiency.report({0: run(0.80, 0.70, 0.84), 1: run(0.82, 0.71, 0.86), 2: run(0.81, 0.70)}))
     assert "ssl_finetune" in ahead and "0.8100 +- 0.0100" in ahead and "SSL ahead" in ahead
-    tie = "\n".join(module.report({0: run(0.80, 0.70), 1: run(0.70, 0.80), 2: run(0.76, 0.75)}))
+    assert "kNN 0.8500 +- 0.0100, linear probe 0.8600 +- 0.0100" in ahead  # the encoders' spread (--pretrain)
+    tie = "\n".join(label_efficiency.report({0: run(0.80, 0.70), 1: run(0.70, 0.80), 2: run(0.76, 0.75)}))
     assert "a tie (under 2 std)" in tie
     assert "shipped (validation-best) per seed: ssl_finetune, supervised, ssl_finetune" in tie
+
+
+def test_label_efficiency_pretrains_per_seed_only_when_asked(label_efficiency) -> None:
+    """Without --pretrain every seed fine-tunes the project's encoder; with it, each seed sets
+    pretrain.seed and copies no encoder (it trains its own)."""
+    assert label_efficiency.seed_overrides(2, pretrain=False) == ["finetune.seed=2", "tune.seed=2"]
+    assert label_efficiency.seed_overrides(2, pretrain=True) == ["finetune.seed=2", "tune.seed=2", "pretrain.seed=2"]
+    assert label_efficiency.ENCODER in label_efficiency.needs(pretrain=False) and label_efficiency.ENCODER not in label_efficiency.needs(pretrain=True)
+    assert "params.yaml" in label_efficiency.needs(pretrain=True)
 
 
 @pytest.mark.e2e  # starts a local Ray and Ray Train workers
