@@ -110,8 +110,10 @@ def report(runs: dict[int, dict]) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--project", type=Path, default=Path("."), help="a project that has run through pretrain (through validate with --pretrain)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (finetune.seed and tune.seed; pretrain.seed with --pretrain)")
+    parser.add_argument("--project", type=Path, default=Path("."),
+                        help="a project that has run through pretrain (through validate with --pretrain)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                        help="seeds (finetune.seed and tune.seed; pretrain.seed with --pretrain)")
     parser.add_argument("--pretrain", action="store_true",
                         help="each seed also pretrains its own encoder (pretrain.seed): the spread includes the encoder's")
     parser.add_argument("--out", type=Path, help="keep each seed's reports/ (tune, finetune, metrics) in OUT/seed<N>/")

@@ -145,7 +145,8 @@ def test_label_efficiency_pretrains_per_seed_only_when_asked(label_efficiency) -
     pretrain.seed and copies no encoder (it trains its own)."""
     assert label_efficiency.seed_overrides(2, pretrain=False) == ["finetune.seed=2", "tune.seed=2"]
     assert label_efficiency.seed_overrides(2, pretrain=True) == ["finetune.seed=2", "tune.seed=2", "pretrain.seed=2"]
-    assert label_efficiency.ENCODER in label_efficiency.needs(pretrain=False) and label_efficiency.ENCODER not in label_efficiency.needs(pretrain=True)
+    encoder = label_efficiency.ENCODER
+    assert encoder in label_efficiency.needs(pretrain=False) and encoder not in label_efficiency.needs(pretrain=True)
     assert "params.yaml" in label_efficiency.needs(pretrain=True)
 
 
