@@ -58,6 +58,8 @@ def test_the_first_run_trained_every_arm_and_registered_the_champion(ops_project
     project, timings = ops_project
     first = timings["first_registration"]  # reports/registration.json right after the session's smoke run
     assert first["alias"] == "champion" and first["promoted"] and first["champion_before"] is None
+    # the figure on the card (evaluate's) is what the registry measured through MLflow pyfunc, as served
+    assert first["metric"] == "model_top1" and first["value"] == first["challenger_top1"]
     client = _client(project)
     mv = client.get_model_version(SMOKE_MODEL, first["version"])
     assert first["model_name"] == SMOKE_MODEL and mv.tags["sslpipe.smoke"] == "true"

@@ -159,6 +159,47 @@ def test_a_baseline_that_wins_on_validation_is_registered_and_says_so(pretrained
     assert "test_top1.ssl_finetune" in mv.tags and "protocol" in mv.tags
     assert "did NOT pay off" in mv.description and "supervised" in mv.description
     assert result.alias == "champion"  # no champion before: this one is
+    assert result.value == result.challenger_top1  # evaluate's test top-1 is the served model's (fp32, pyfunc)
+
+
+
+def test_evaluate_scores_the_classifiers_as_they_are_served(pretrained: Path) -> None:
+    """The test top-1 in reports/metrics.json (the model card's) is the served model's: the
+    classifier in fp32 on [0, 1] images (tasks/served_model.py), not the training precision. A head
+    whose class-1 row is class 0's scaled by 1 + 2**-12 tells them apart: in fp32 class 1 wins
+    wherever class 0's logit is positive (half the images: its bias is minus the median), class 0
+    elsewhere; in bf16 the two rows round to one and class 0 wins the tie everywhere."""
+    import torch
+
+    from ssl_models.classifier import predict_logits
+    from tasks.config import EvaluateParams
+    from tasks.dataset import load_dataset
+    from tasks.evaluate import evaluate
+    from tasks.finetune import finetune
+    from tasks.models import load_classifier, save_classifier
+
+    paths.BEST_CONFIG.parent.mkdir(parents=True)
+    paths.BEST_CONFIG.write_text(json.dumps(BEST))
+    ft = finetune_params(arms=["supervised"])
+    finetune(ft, progress=False, log_mlflow=False)
+    path = paths.classifier_path("supervised", max(FRACTIONS))
+    model, blob = load_classifier(path)
+    x_test, y_test = load_dataset().split("test")
+    model.eval()
+    with torch.no_grad():
+        head = model.head
+        head.bias[0] = -(model.encoder(x_test.float() / 255) @ head.weight[0]).median()
+        head.weight[1], head.bias[1] = head.weight[0] * (1 + 2**-12), head.bias[0] * (1 + 2**-12)
+        head.weight[2:], head.bias[2:] = 0, -1e4  # the other classes never win
+    extra = {k: v for k, v in blob.items() if k not in ("spec", "num_classes", "state_dict")}
+    save_classifier(model, blob["spec"], blob["num_classes"], path, extra)
+    with torch.no_grad():
+        served = (model(x_test.float() / 255).argmax(1) == y_test).sum().item() / len(y_test)  # as MLflow serves it
+    bf16 = (predict_logits(model, x_test, precision="bf16").argmax(1) == y_test).sum().item() / len(y_test)
+    assert bf16 != served  # the case tells the precisions apart
+
+    metrics = evaluate(EvaluateParams(embedding_plot_images=10), ft, log_mlflow=False)
+    assert metrics["fractions"][f"{max(FRACTIONS):g}"]["arms"]["supervised"]["test_top1"] == served
 
 
 def test_each_arm_draws_from_its_own_stream_and_the_costliest_trials_start_first() -> None:
