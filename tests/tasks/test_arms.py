@@ -125,6 +125,14 @@ def test_finetune_takes_the_tuned_trials_model_where_it_would_train_the_same(pre
     assert longer["0.5"]["arms"]["supervised"]["model"] == "trained here"  # 20 steps, not the trial's 10 or 15
 
 
+
+def _resave(model, blob: dict, path: Path, **changes) -> None:
+    """Save ``model`` back to ``path`` with the rest of its saved ``blob`` (``load_classifier``'s), ``changes`` applied."""
+    from tasks.models import save_classifier
+
+    extra = {k: v for k, v in blob.items() if k not in ("spec", "num_classes", "state_dict")}
+    save_classifier(model, blob["spec"], blob["num_classes"], path, {**extra, **changes})
+
 def test_a_baseline_that_wins_on_validation_is_registered_and_says_so(pretrained: Path, monkeypatch) -> None:
     import mlflow
     from mlflow import MlflowClient
@@ -132,7 +140,7 @@ def test_a_baseline_that_wins_on_validation_is_registered_and_says_so(pretrained
     from tasks.config import EvaluateParams, RegisterParams
     from tasks.evaluate import evaluate
     from tasks.finetune import finetune
-    from tasks.models import load_classifier, save_classifier
+    from tasks.models import load_classifier
     from tasks.register import register
     from tasks.tracking import setup_mlflow
 
@@ -143,9 +151,7 @@ def test_a_baseline_that_wins_on_validation_is_registered_and_says_so(pretrained
     # make the baseline the validation-best at the largest fraction, whatever the tiny run gave
     for arm, val in (("ssl_finetune", 0.1), ("supervised", 0.9)):
         model, blob = load_classifier(paths.classifier_path(arm, max(FRACTIONS)))
-        extra = {k: v for k, v in blob.items() if k not in ("spec", "num_classes", "state_dict")}
-        save_classifier(model, blob["spec"], blob["num_classes"], paths.classifier_path(arm, max(FRACTIONS)),
-                        {**extra, "val_top1": val})
+        _resave(model, blob, paths.classifier_path(arm, max(FRACTIONS)), val_top1=val)
     metrics = evaluate(EvaluateParams(embedding_plot_images=10), ft, log_mlflow=False)
     assert metrics["selected_arm"] == "supervised" and metrics["pretraining_paid_off"] is False
     setup_mlflow()  # the test's own store and experiment, as a stage run sets them
@@ -162,7 +168,6 @@ def test_a_baseline_that_wins_on_validation_is_registered_and_says_so(pretrained
     assert result.value == result.challenger_top1  # evaluate's test top-1 is the served model's (fp32, pyfunc)
 
 
-
 def test_evaluate_scores_the_classifiers_as_they_are_served(pretrained: Path) -> None:
     """The test top-1 in reports/metrics.json (the model card's) is the served model's: the
     classifier in fp32 on [0, 1] images (tasks/served_model.py), not the training precision. A head
@@ -176,7 +181,7 @@ def test_evaluate_scores_the_classifiers_as_they_are_served(pretrained: Path) ->
     from tasks.dataset import load_dataset
     from tasks.evaluate import evaluate
     from tasks.finetune import finetune
-    from tasks.models import load_classifier, save_classifier
+    from tasks.models import load_classifier
 
     paths.BEST_CONFIG.parent.mkdir(parents=True)
     paths.BEST_CONFIG.write_text(json.dumps(BEST))
@@ -191,8 +196,7 @@ def test_evaluate_scores_the_classifiers_as_they_are_served(pretrained: Path) ->
         head.bias[0] = -(model.encoder(x_test.float() / 255) @ head.weight[0]).median()
         head.weight[1], head.bias[1] = head.weight[0] * (1 + 2**-12), head.bias[0] * (1 + 2**-12)
         head.weight[2:], head.bias[2:] = 0, -1e4  # the other classes never win
-    extra = {k: v for k, v in blob.items() if k not in ("spec", "num_classes", "state_dict")}
-    save_classifier(model, blob["spec"], blob["num_classes"], path, extra)
+    _resave(model, blob, path)
     with torch.no_grad():
         served = (model(x_test.float() / 255).argmax(1) == y_test).sum().item() / len(y_test)  # as MLflow serves it
     bf16 = (predict_logits(model, x_test, precision="bf16").argmax(1) == y_test).sum().item() / len(y_test)
