@@ -125,13 +125,13 @@ def test_finetune_takes_the_tuned_trials_model_where_it_would_train_the_same(pre
     assert longer["0.5"]["arms"]["supervised"]["model"] == "trained here"  # 20 steps, not the trial's 10 or 15
 
 
-
 def _resave(model, blob: dict, path: Path, **changes) -> None:
     """Save ``model`` back to ``path`` with the rest of its saved ``blob`` (``load_classifier``'s), ``changes`` applied."""
     from tasks.models import save_classifier
 
     extra = {k: v for k, v in blob.items() if k not in ("spec", "num_classes", "state_dict")}
     save_classifier(model, blob["spec"], blob["num_classes"], path, {**extra, **changes})
+
 
 def test_a_baseline_that_wins_on_validation_is_registered_and_says_so(pretrained: Path, monkeypatch) -> None:
     import mlflow
