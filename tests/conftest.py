@@ -12,6 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
+# One OpenMP thread in every process the tests start (stages under DVC, Ray's workers, the servers),
+# as in the pytest workers themselves (``one_thread`` below). Two workers share two cores; with
+# torch's default of a thread per core, the stages of one worker's pipeline spun against the
+# other's: two smoke runs side by side took 156-169 s (122-141 CPU-s each), with one thread
+# 109-112 s (80-85 CPU-s each). Set the variable to run the tests with more.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
