@@ -7,6 +7,8 @@ model that cannot be loaded. An unreadable image is skipped (and named) unless `
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,18 +59,21 @@ def image_files(inputs: list[Path]) -> list[Path]:
     return out
 
 
-def load_model(uri: str) -> Any:
-    """The pyfunc model at ``uri``.
+@contextmanager
+def load_model(uri: str) -> Iterator[Any]:
+    """The pyfunc model at ``uri`` (``tasks.registry.open_model``: its files removed on exit).
 
     Raises:
         ModelLoadError: naming the URI and MLflow's reason.
     """
-    import mlflow
+    from tasks.registry import open_model
 
-    try:
-        return mlflow.pyfunc.load_model(uri)
-    except Exception as e:  # noqa: BLE001 -- MLflow's errors for a missing model, alias or store
-        raise ModelLoadError(f"{uri}: {e}") from None
+    with ExitStack() as stack:
+        try:
+            model = stack.enter_context(open_model(uri))
+        except Exception as e:  # noqa: BLE001 -- MLflow's errors for a missing model, alias or store
+            raise ModelLoadError(f"{uri}: {e}") from None
+        yield model
 
 
 def input_shape(model: Any) -> tuple[int, int, int]:
@@ -112,13 +117,13 @@ def predict_files(uri: str, files: list[Path], strict: bool = False, batch_size:
     """Classify ``files`` with the model at ``uri``; unreadable images are skipped unless ``strict``."""
     from tasks.registry import class_probabilities
 
-    model = load_model(uri)
-    x, readable, skipped = load_images(files, input_shape(model), strict)
-    probs, classes = [], None
-    for i in range(0, len(x), batch_size):
-        p, classes = class_probabilities(model.predict(x[i : i + batch_size]))
-        probs.append(p)
-    classes = classes or (model.metadata.metadata or {}).get("classes")  # versions whose output names none
+    with load_model(uri) as model:
+        x, readable, skipped = load_images(files, input_shape(model), strict)
+        probs, classes = [], None
+        for i in range(0, len(x), batch_size):
+            p, classes = class_probabilities(model.predict(x[i : i + batch_size]))
+            probs.append(p)
+        classes = classes or (model.metadata.metadata or {}).get("classes")  # versions whose output names none
     rows = []
     for f, p in zip(readable, np.concatenate(probs)):
         k = int(p.argmax())

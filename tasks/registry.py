@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -112,21 +115,32 @@ def class_probabilities(output: Any) -> tuple[np.ndarray, list[str] | None]:
     return np.asarray(output), None
 
 
+@contextmanager
+def open_model(uri: str) -> Iterator[Any]:
+    """The pyfunc model at ``uri``, loaded as ``mlflow models serve`` loads it, its files in a
+    temporary directory removed on exit. (Without ``dst_path`` MLflow downloads a model from a
+    remote store -- an object store, a tracking server's artifacts -- into a fresh ``mkdtemp`` that
+    nothing removes: a copy of the model left in /tmp by every load.)"""
+    import mlflow
+
+    with tempfile.TemporaryDirectory(prefix="sslpipe-model-") as tmp:
+        yield mlflow.pyfunc.load_model(uri, dst_path=tmp)
+
+
 def score_top1(model_uri: str, x_test, y_test, batch_size: int = 512) -> float | None:
     """Top-1 of a registered model (through MLflow pyfunc, as it is served) on uint8 test images
     (N, C, H, W); None when the model cannot read them (another image shape)."""
-    import mlflow
     from mlflow.exceptions import MlflowException
 
-    model = mlflow.pyfunc.load_model(model_uri)
     correct = 0
-    for start in range(0, len(y_test), batch_size):
-        x = (x_test[start : start + batch_size].float() / 255).numpy()
-        try:
-            probs, _ = class_probabilities(model.predict(x))  # (n, K)
-        except (MlflowException, RuntimeError, AssertionError, ValueError):
-            return None
-        correct += int((probs.argmax(1) == y_test[start : start + batch_size].numpy()).sum())
+    with open_model(model_uri) as model:
+        for start in range(0, len(y_test), batch_size):
+            x = (x_test[start : start + batch_size].float() / 255).numpy()
+            try:
+                probs, _ = class_probabilities(model.predict(x))  # (n, K)
+            except (MlflowException, RuntimeError, AssertionError, ValueError):
+                return None
+            correct += int((probs.argmax(1) == y_test[start : start + batch_size].numpy()).sum())
     return correct / max(len(y_test), 1)
 
 

@@ -158,7 +158,8 @@ def object_store() -> Iterator[ObjectStore]:
     (root / "s3.json").write_text(json.dumps({"identities": [identity]}))
     ports = {name: free_port() for name in ("master", "volume", "filer", "s3")}
     grpc = {name: free_port() for name in ports}
-    cmd = [str(VENV_BIN / "weed"), "server", f"-dir={root / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+    cmd = [str(VENV_BIN / "weed"), f"-logdir={root}",  # its glog files with the rest, not in /tmp
+           "server", f"-dir={root / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
            "-filer", "-s3", f"-s3.config={root / 's3.json'}", "-s3.port.iceberg=0", "-s3.port.lance=0",
            "-volume.preStopSeconds=0", "-master.telemetry=false",  # no usage reports: a test server
            # small volumes, room for many: each bucket is a collection that grows 7 volumes at once

@@ -130,6 +130,28 @@ def test_the_smoke_model_is_registered_on_the_server_with_its_files_in_the_bucke
     assert SMOKE_MODEL in out and "champion" in out
 
 
+def test_predict_loads_the_champion_from_the_bucket_and_leaves_no_copy_behind(stack: Stack, tmp_path: Path) -> None:
+    """`sslpipe predict` (and the register stage's gate: both load through
+    ``tasks.registry.open_model``) downloads the version's files from the bucket into a temporary
+    directory it removes. MLflow's default, a ``mkdtemp`` nothing removes, left a copy of the model
+    in /tmp by every load: one a run on this stack, one a prediction."""
+    import numpy as np
+    from PIL import Image
+
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (28, 28), dtype=np.uint8)).save(images / f"img_{i}.png")
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = client_env(stack.tracking_uri, COLUMNS="200", TMPDIR=str(tmp))
+    out = run(["sslpipe", "predict", "--model", "champion", str(images)], stack.project, env).stdout
+    assert sum(f"img_{i}.png" in out for i in range(3)) == 3, out
+    assert not list(tmp.rglob("MLmodel"))
+    assert [p.name for p in tmp.iterdir() if not p.name.startswith("torchinductor_")] == []  # torch's cache may stay
+
+
 def dvc_outputs(project: Path) -> list[str]:
     """Every output dvc.lock records (all in DVC's cache but the sources manifest)."""
     import yaml
