@@ -136,13 +136,13 @@ def test_predict_loads_the_champion_from_the_bucket_and_leaves_no_copy_behind(st
     directory it removes. MLflow's default, a ``mkdtemp`` nothing removes, left a copy of the model
     in /tmp by every load: one a run on this stack, one a prediction."""
     import numpy as np
-    from PIL import Image
+
+    from tests.fixtures import write_png
 
     images = tmp_path / "images"
-    images.mkdir()
     rng = np.random.default_rng(0)
     for i in range(3):
-        Image.fromarray(rng.integers(0, 256, (28, 28), dtype=np.uint8)).save(images / f"img_{i}.png")
+        write_png(images / f"img_{i}.png", rng.integers(0, 256, (28, 28), dtype=np.uint8))
     tmp = tmp_path / "tmp"
     tmp.mkdir()
     env = client_env(stack.tracking_uri, COLUMNS="200", TMPDIR=str(tmp))
