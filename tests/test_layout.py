@@ -60,6 +60,17 @@ def test_the_readme_layout_names_every_module():
     assert not missing, f"name these in README.md's 'Project layout' section: {missing}"
 
 
+def test_the_readme_layout_names_every_command():
+    import typer.main
+
+    from cli import app
+
+    section = layout_section((REPO / "README.md").read_text())
+    commands = sorted(typer.main.get_command(app).commands)
+    assert len(commands) >= 9, commands
+    assert not [c for c in commands if f"`{c}" not in section], commands  # `server start/stop/status` names server
+
+
 def test_imports_only_point_down():
     assert not upward_imports(REPO), upward_imports(REPO)
 
