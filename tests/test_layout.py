@@ -72,7 +72,8 @@ def test_the_readme_layout_names_every_command():
 
 
 def test_imports_only_point_down():
-    assert not upward_imports(REPO), upward_imports(REPO)
+    upward = upward_imports(REPO)
+    assert not upward, f"imports must point down (cli, flows -> tasks -> ssl_models): {upward}"
 
 
 def _tree(root: Path, files: dict[str, str]) -> None:
