@@ -15,7 +15,10 @@ from pathlib import Path
 import pytest
 
 from tasks.config import load_params
-from tests.flows.conftest import SMOKE_MODEL, prefect_client, project_env, server_state, sslpipe
+from tests.conftest import REPO
+from tests.flows.conftest import (SMOKE_MODEL, copy_built_project, prefect_client, project_env, server_state,
+                                  sslpipe)
+from tests.test_dvc_deps import Project, load_dvc, stage_closure, stage_dispatch
 
 pytestmark = pytest.mark.e2e
 
@@ -105,6 +108,31 @@ def test_dvc_agrees_and_a_second_run_recomputes_nothing(ops_project):
     repro = subprocess.run(["dvc", "repro"], cwd=project, env=project_env(), capture_output=True, text=True)
     assert repro.returncode == 0 and "didn't change, skipping" in repro.stdout + repro.stderr
     assert {p: (project / p).stat().st_mtime_ns for p in OUTPUTS} == before
+
+
+def test_an_edited_module_makes_exactly_the_stages_that_import_it_stale(built_project, tmp_path: Path):
+    """DVC's own verdict in a copy of the built project, every stage cached: an edit to
+    ``tasks/dataset.py`` (``labeled_subset``) makes finetune stale, and with it exactly the other
+    stages whose code imports the module (derived from the code, as tests/test_dvc_deps.py does);
+    the edit put back, nothing is stale."""
+    project = copy_built_project(built_project[0], tmp_path / "project")
+
+    def stale() -> set[str]:
+        out = subprocess.run(["dvc", "status", "--json"], cwd=project, env=project_env(), capture_output=True, text=True)
+        assert out.returncode == 0, out.stdout + out.stderr
+        return set(json.loads(out.stdout or "{}"))
+
+    code = Project(REPO)
+    dispatch = stage_dispatch(code)
+    importers = {name for name in load_dvc()["stages"] if "tasks.dataset" in stage_closure(code, dispatch, name).modules}
+    assert "finetune" in importers and "sources" not in importers  # a real split: some stages do not import it
+    assert stale() == set()
+    module = project / "tasks" / "dataset.py"
+    original = module.read_text()
+    module.write_text(original + "\n# an edit\n")
+    assert stale() == importers
+    module.write_text(original)
+    assert stale() == set()
 
 
 def test_flow_runs_are_recorded_by_the_prefect_api(ops_project):
